@@ -1,0 +1,1 @@
+"""The ``loracli`` command line: one module per subcommand, assembled by ``loracli.cli.app.make_app``."""

@@ -1,0 +1,69 @@
+"""What every subcommand shares: the console, error handling, and parsers for seeds and classes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from loracli.errors import UserError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class NotImplementedYet(UserError):
+    """A subcommand whose argument surface exists but whose work is not built yet."""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("LORACLI_DEBUG", "") not in ("", "0")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a UserError into one red sentence and exit code 2 (with the traceback under --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if debug_enabled():
+                traceback.print_exc()
+            console.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted.[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_implemented(command: str, issue: str) -> None:
+    raise NotImplementedYet(f"`loracli {command}` is not implemented yet ({issue}).")
+
+
+def parse_int_list(text: str, what: str = "seeds") -> list[int]:
+    """``"0-63"``, ``"1,5,9"`` or ``"0-9,20-29"`` -> a list of non-negative integers, in order."""
+    values: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, sep, hi = part.partition("-")
+            start, stop = int(lo), int(hi) if sep else int(lo)
+            if start < 0 or stop < start:
+                raise ValueError
+            values.extend(range(start, stop + 1))
+    except ValueError:
+        raise UserError(f"Cannot read {what} '{text}'; use a range like 0-63 or a list like 1,5,9.") from None
+    if not values:
+        raise UserError(f"No {what} given in '{text}'.")
+    return values
+
+
+def is_rank_zero() -> bool:
+    """Only rank 0 of a torchrun job prints progress and writes files."""
+    return int(os.environ.get("RANK", "0")) == 0

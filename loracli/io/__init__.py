@@ -1,0 +1,1 @@
+"""Reading and writing files: loracli checkpoints and converters for foreign formats."""

@@ -1,0 +1,1 @@
+"""Base diffusion networks. Each module exposes ``SPEC`` (a ``loracli.registry.ModelSpec``)."""

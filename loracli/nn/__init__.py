@@ -1,0 +1,13 @@
+"""Layers shared by the base networks, with the reference code's initialisations and numerics."""
+
+from loracli.nn.attention import attention
+from loracli.nn.layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    weight_init,
+)
+
+__all__ = ["Conv2d", "FourierEmbedding", "GroupNorm", "Linear", "PositionalEmbedding", "attention", "weight_init"]
