@@ -111,6 +111,33 @@ def build_model(config: Mapping[str, Any]) -> ConditionedModel:
     return model
 
 
+def add_conditions(model: ConditionedModel, cond: Any, **overrides: Any) -> ConditionedModel:
+    """Wrap an already built (e.g. pretrained, just loaded) network with further conditioning variants.
+
+    This is the paper's drop-in recipe: the adapters start at zero, so the network still computes what it
+    computed before. ``model.config`` is updated so that a checkpoint of the result rebuilds it.
+    """
+    names = parse_cond(cond)
+    clash = [n for n in names if n in model.config["cond"]]
+    if clash:
+        raise UserError(f"The network already has conditioning '{'+'.join(clash)}'.")
+    spec = registry.get_model(model.config["model"])
+    preset = spec.presets.get(model.config.get("preset") or "")
+    config = copy.deepcopy(model.config)
+    for n in names:
+        cs = registry.get_condition(n)
+        options = {**copy.deepcopy(dict(cs.defaults)),
+                   **(copy.deepcopy(dict(preset.conditions.get(n, {}))) if preset else {})}
+        options.update({k: v for k, v in overrides.items() if k in options and v is not None})
+        config["cond"].append(n)
+        config["cond_options"][n] = options
+    check_config(config)
+    for n in names:
+        registry.get_condition(n).apply(model, config["cond_options"][n])
+    model.config = config
+    return model
+
+
 def create_model(name: str, preset: str | None = None, cond: Any = "none", only_lora: bool = False,
                  label_dim: int | None = None, **overrides: Any) -> ConditionedModel:
     """Build a registered model, e.g. ``create_model("edm", preset="cifar10", cond="uc-lora", label_dim=10)``.
