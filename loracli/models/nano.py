@@ -53,7 +53,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        # [n, 3, heads, hw, d], contiguous in d so SDPA can use its fused kernels
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).contiguous()
         a = attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])  # [n, heads, hw, d]
         return x + self.proj(a.transpose(-1, -2).reshape(n, c, h, w))
 
@@ -153,7 +154,7 @@ SPEC = ModelSpec(
     build=NanoUNet,
     presets={
         "default": Preset(
-            config={},
+            config={"diffusion_steps": 1000, "noise_schedule": "cosine", "learn_sigma": False},
             description="32x32 RGB, 32 channels, mult 1,2,2, attention at 16 and 8; cosine schedule, T=1000",
             conditions={"time-lora": {"bases": 11}},
             sampling={"sampler": "ddim", "steps": 50},
@@ -163,5 +164,6 @@ SPEC = ModelSpec(
     default_preset="default",
     attention_sites=attention_sites,
     embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
+    embedding_channels=lambda net: net.map_layer1.out_features,
     description="loracli's small U-Net for fast experiments (CPU in minutes)",
 )
