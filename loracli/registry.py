@@ -62,6 +62,8 @@ class ModelSpec:
     attention_sites: ``attention_sites(net) -> list[AttentionSite]``: the blocks conditioning may wrap.
     embedding_tap: qualified name of an ``nn.Identity`` the network passes its conditioning embedding
     through (the vector that feeds scale-and-shift), or ``None`` when the network has none.
+    embedding_channels: ``embedding_channels(net) -> int``, the width of that embedding read from the built
+    network (what conditioning that consumes it, e.g. UC-LoRA's omega-MLPs, needs to size its first layer).
     """
 
     name: str
@@ -71,6 +73,7 @@ class ModelSpec:
     default_preset: str
     attention_sites: Callable[[Any], list]
     embedding_tap: Callable[[Mapping[str, Any]], str | None] | str | None = None
+    embedding_channels: Callable[[Any], int] | None = None
     description: str = ""
 
     def tap_name(self, config: Mapping[str, Any]) -> str | None:

@@ -31,10 +31,17 @@ class ConditionContext:
         self.augment_labels: torch.Tensor | None = None
         self.embedding: torch.Tensor | None = None
 
-    def require_embedding(self) -> torch.Tensor:
-        if self.embedding is None:
-            raise RuntimeError("the base network did not pass its embedding through its declared tap")
-        return self.embedding
+    def require(self, field: str) -> torch.Tensor:
+        """The named condition of the current call; a clear error when an adapter runs outside one."""
+        value = getattr(self, field)
+        if value is None:
+            if field == "embedding":
+                raise RuntimeError("the base network did not pass its embedding through its declared tap")
+            raise RuntimeError(
+                f"a conditioned layer needs the {field.replace('_', ' ')} of the call; call the ConditionedModel "
+                "(not its .net directly), and give class labels to a class-conditional model"
+            )
+        return value
 
 
 class EmbeddingTap(nn.Module):
@@ -94,6 +101,12 @@ class ConditionedModel(nn.Module):
             raise UserError(f"Model '{self.spec.name}' in this configuration has no conditioning embedding to read.")
         _set_submodule(self.net, tap, EmbeddingTap(self.context))
         self._tap_installed = True
+
+    def embedding_channels(self) -> int:
+        """The width of the base network's conditioning embedding (``ModelSpec.embedding_channels``)."""
+        if self.spec.embedding_channels is None:
+            raise UserError(f"Model '{self.spec.name}' does not declare the width of its conditioning embedding.")
+        return int(self.spec.embedding_channels(self.net))
 
     def replace_submodule(self, name: str, module: nn.Module) -> None:
         """Swap the base network's submodule ``name`` for ``module`` (used to wrap projections)."""
