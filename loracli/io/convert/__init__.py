@@ -5,6 +5,6 @@ ForeignCheckpoint``; :func:`convert` picks the format, builds the loracli networ
 its tensors strictly, optionally wraps it with more conditioning, and saves. No code from a file is executed.
 """
 
-from loracli.io.convert.base import ForeignCheckpoint, convert, read_any
+from loracli.io.convert.base import ForeignCheckpoint, convert, convert_model, read_any
 
-__all__ = ["ForeignCheckpoint", "convert", "read_any"]
+__all__ = ["ForeignCheckpoint", "convert", "convert_model", "read_any"]

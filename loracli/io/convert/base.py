@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from loracli.errors import UserError
 # Format modules, tried in order; each has detect(path) and read(path, **options).
 FORMATS = {
     "loracli": "loracli.io.convert.native",
+    "diffusion-lora-pickle": "loracli.io.convert.diffusion_lora",  # before edm-pickle: also an EDM pickle
     "edm-pickle": "loracli.io.convert.edm_pickle",
     "iddpm-pt": "loracli.io.convert.iddpm_pt",
 }
@@ -23,7 +26,9 @@ class ForeignCheckpoint:
 
     ``model_config`` is complete builder kwargs for ``model`` (including ``label_dim`` and ``scale_shift``);
     ``state_dict`` uses the key names of the loracli network built from this description (with ``cond``
-    applied); ``source`` records provenance (file name, format, hashes) for the checkpoint metadata.
+    applied); ``preset`` names the model preset with the same network, if any (its sampling and conditioning
+    defaults then apply); ``source`` records provenance (file name, format, hashes) for the checkpoint metadata;
+    ``ema`` says whether the weights are an exponential moving average (what a checkpoint for sampling holds).
     """
 
     model: str
@@ -34,6 +39,16 @@ class ForeignCheckpoint:
     cond_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     only_lora: bool = False
     source: dict[str, Any] = field(default_factory=dict)
+    ema: bool = True
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in chunks (provenance of a converted checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _format_module(name: str) -> Any:
@@ -58,30 +73,50 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _check_options(fmt: str, reader: Any, options: dict[str, Any]) -> None:
+    """Refuse options the format's reader does not take (e.g. ``--num_heads`` for an EDM pickle)."""
+    params = inspect.signature(reader).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        flags = ", ".join(f"--{k}" for k in unknown)
+        raise UserError(f"{flags} does not apply to {fmt} files; leave it out.")
+
+
 def read_any(path: str | Path, **options: Any) -> ForeignCheckpoint:
-    """Read any supported foreign checkpoint; options not meant for its format are ignored if None."""
+    """Read any supported foreign checkpoint; options left as None are dropped, others must suit its format."""
     path = Path(path)
     fmt = detect_format(path)
-    return _format_module(fmt).read(path, **{k: v for k, v in options.items() if v is not None})
+    reader = _format_module(fmt).read
+    options = {k: v for k, v in options.items() if v is not None}
+    _check_options(fmt, reader, options)
+    return reader(path, **options)
 
 
-def convert(src: str | Path, dst: str | Path, cond: Any = None, **options: Any) -> Path:
-    """Convert ``src`` into the loracli checkpoint ``dst``; ``cond`` adds conditioning (drop-in LoRA).
+def convert_model(src: str | Path, cond: Any = None, **options: Any) -> Any:
+    """The loracli network (a ConditionedModel) holding the weights of ``src``; ``cond`` adds conditioning.
 
     ``options`` go to the format reader (e.g. ``key`` for EDM pickles, ``num_heads`` for improved-diffusion)
     or, for the added conditioning, to its variants (``lora_rank``, ``bases``, ...).
     """
-    from loracli.build import add_conditions, build_model, parse_cond
-    from loracli.io.checkpoint import load_state, save
     from loracli import registry
+    from loracli.build import CONFIG_FORMAT, add_conditions, build_model, parse_cond
+    from loracli.io.checkpoint import load_state
 
+    options = {k: v for k, v in options.items() if v is not None}
     cond_keys = {k for n in parse_cond(cond) for k in registry.get_condition(n).defaults}
+    other_cond_keys = {k for reg in registry.conditions().values() for k in reg.spec.defaults} - cond_keys
+    misplaced = sorted(k for k in options if k in other_cond_keys)
+    if misplaced:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in misplaced)
+        raise UserError(f"{flags} does not apply to conditioning '{cond or 'none'}'; leave it out.")
     reader_options = {k: v for k, v in options.items() if k not in cond_keys}
     cond_options = {k: v for k, v in options.items() if k in cond_keys}
     foreign = read_any(src, **reader_options)
     spec = registry.get_model(foreign.model)
     config = {
-        "format": 1,
+        "format": CONFIG_FORMAT,
         "model": foreign.model,
         "family": spec.family,
         "preset": foreign.preset,
@@ -95,4 +130,17 @@ def convert(src: str | Path, dst: str | Path, cond: Any = None, **options: Any) 
     load_state(model, foreign.state_dict, str(src))
     if cond:
         add_conditions(model, cond, **cond_options)
-    return save(model, dst, ema=True, extra={"converted_from": foreign.source})
+    model.converted_from = {**foreign.source, "ema": foreign.ema}
+    return model.eval()
+
+
+def save_converted(model: Any, dst: str | Path) -> Path:
+    """Write a network from :func:`convert_model` to ``dst``, with where it came from in the metadata."""
+    from loracli.io.checkpoint import save
+
+    return save(model, dst, ema=model.converted_from["ema"], extra={"converted_from": model.converted_from})
+
+
+def convert(src: str | Path, dst: str | Path, cond: Any = None, **options: Any) -> Path:
+    """Convert ``src`` into the loracli checkpoint ``dst`` (see :func:`convert_model`); returns ``dst``."""
+    return save_converted(convert_model(src, cond, **options), dst)

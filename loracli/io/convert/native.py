@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from loracli.io.convert.base import ForeignCheckpoint
 
@@ -19,7 +18,7 @@ def detect(path: Path) -> bool:
     return True
 
 
-def read(path: Path, **options: Any) -> ForeignCheckpoint:
+def read(path: Path) -> ForeignCheckpoint:
     from safetensors.torch import load_file
 
     from loracli.io.checkpoint import read_metadata
@@ -30,4 +29,5 @@ def read(path: Path, **options: Any) -> ForeignCheckpoint:
         model=config["model"], model_config=config["model_config"], state_dict=load_file(str(path)),
         preset=config.get("preset"), cond=list(config["cond"]), cond_options=config["cond_options"],
         only_lora=config.get("only_lora", False), source={"file": Path(path).name, "format": "loracli"},
+        ema=info["ema"],
     )
