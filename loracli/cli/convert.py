@@ -23,6 +23,9 @@ def command(
     num_heads_upsample: Annotated[Optional[int], typer.Option("--num_heads_upsample", help="improved-diffusion: heads in the upsampling path (default: --num_heads).")] = None,
     diffusion_steps: Annotated[Optional[int], typer.Option("--diffusion_steps", help="improved-diffusion: diffusion steps T (default 4000).")] = None,
     noise_schedule: Annotated[Optional[str], typer.Option("--noise_schedule", help="improved-diffusion: linear or cosine (default cosine).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image_size", help="improved-diffusion: resolution, when channel_mult does not imply it.")] = None,
+    rescale_timesteps: Annotated[Optional[str], typer.Option("--rescale_timesteps", help="improved-diffusion: True (default) or False, as the run was trained.")] = None,
+    mlp: Annotated[Optional[str], typer.Option("--mlp", help="UC-LoRA omega-MLP widths, e.g. 128,64 (with --cond).")] = None,
 ) -> None:
     """Convert a checkpoint of the reference code into a loracli checkpoint.
 
@@ -41,11 +44,16 @@ def command(
     """
     from loracli.io.convert.base import convert_model, save_converted
 
-    if (lora_rank is not None or bases is not None) and not cond:
-        raise UserError("--lora-rank and --bases shape added conditioning; give it with --cond (e.g. --cond uc-lora).")
+    if (lora_rank is not None or bases is not None or mlp is not None) and not cond:
+        raise UserError("--lora-rank, --bases and --mlp shape added conditioning; give it with --cond (e.g. --cond uc-lora).")
+    rescale = None
+    if rescale_timesteps is not None:
+        if rescale_timesteps.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"--rescale_timesteps takes True or False, not '{rescale_timesteps}'.")
+        rescale = rescale_timesteps.lower() in ("true", "1", "yes")
     model = convert_model(src, cond, lora_rank=lora_rank, bases=bases, key=key, num_heads=num_heads,
                           num_heads_upsample=num_heads_upsample, diffusion_steps=diffusion_steps,
-                          noise_schedule=noise_schedule)
+                          noise_schedule=noise_schedule, image_size=image_size, rescale_timesteps=rescale, mlp=mlp)
     save_converted(model, dst)
     config = model.config
     preset = f"preset {config['preset']}" if config.get("preset") else "no preset"
