@@ -1,10 +1,359 @@
-"""Image generation shared by ``loracli sample``, ``loracli fid`` and training snapshots. CONTRACT STUB.
+"""Image generation shared by ``loracli sample``, ``loracli fid CKPT`` and training snapshots.
 
-Contract:
+Image k depends on ``seeds[k]`` alone, as in NVlabs/edm's generate.py: every image has its own
+``torch.Generator`` seeded with ``seed % 2**32``; it draws the latents ``randn([C, H, W])``, then (for a
+class-conditional model) a class ``randint(label_dim)`` -- always, even when a class is given, as EDM does, so
+that the stochastic sampler's noise, drawn next from the same generator, lines up -- and then all of the
+sampler's fresh noise. Batch size, batch composition and the number of GPUs therefore change nothing.
 
-def sample(net, seeds, class_labels=None, steps=None, sampler=None, batch=64, device=None,
-           precision=None, progress=False, **sampler_options) -> torch.Tensor
-    # uint8 images [N, C, H, W] on the CPU, image k generated from seeds[k] alone (independent of batch
-    # size), as NVlabs/edm's generate.py does for the edm family. class_labels: None (random per seed for
-    # a conditional model, drawn from that seed's generator), an int, a list of ints, or soft vectors.
+Contract::
+
+    sample(net, seeds, class_labels=None, steps=None, sampler=None, batch=64, device=None,
+           precision=None, progress=False, **sampler_options) -> torch.Tensor   # uint8 [N, C, H, W], CPU
+    generate(...same arguments...) -> Iterator[Batch]                           # streams batches instead
+
+``class_labels``: None (a random class per seed for a conditional model), an int, a sequence of ints (one per
+seed), a ``{class: weight}`` dict (a soft class vector, ClassLoRA interpolation; weights need not sum to 1), a
+float vector ``[label_dim]`` or float vectors ``[N, label_dim]``. Samplers: ``heun``/``euler`` (edm family;
+options ``sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise``), ``ancestral``/``ddim`` (ddpm family;
+option ``eta``). Defaults come from the network's preset (``config["sampling"]``).
 """
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from loracli.diffusion import edm
+from loracli.errors import UserError
+from loracli.images import to_uint8
+
+FAMILY_SAMPLERS = {"edm": ("heun", "euler"), "ddpm": ("ancestral", "ddim")}
+FAMILY_OPTIONS = {"edm": ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise"), "ddpm": ("eta",)}
+EDM_DEFAULT_STEPS = 18
+
+
+# -- what to run -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerChoice:
+    """A sampler resolved from the preset's defaults and the caller's overrides."""
+
+    name: str
+    steps: int | None  # None: every timestep of a ddpm process
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sampler": self.name, "steps": self.steps, **dict(self.options)}
+
+    def evaluations(self, net: Any) -> int:
+        """Network evaluations per image (NFE): 2N - 1 for Heun, N otherwise (all T for a full ddpm chain)."""
+        if self.name in edm.SAMPLERS:
+            return edm.nfe(self.name, int(self.steps))
+        return int(self.steps or diffusion_config(net)["diffusion_steps"])
+
+
+def _base(net: Any) -> Any:
+    return getattr(net, "net", net)
+
+
+def family_of(net: Any) -> str:
+    family = getattr(net, "family", None)
+    if family not in FAMILY_SAMPLERS:
+        raise TypeError("loracli.sample expects a network built by loracli (create_model, load or convert)")
+    return family
+
+
+def label_dim_of(net: Any) -> int:
+    return int(getattr(net, "label_dim", 0) or 0)
+
+
+def image_shape(net: Any) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images the network makes."""
+    base = _base(net)
+    config = getattr(net, "config", {}).get("model_config", {})
+    channels = getattr(base, "img_channels", config.get("img_channels", 3))
+    resolution = getattr(base, "img_resolution", config.get("img_resolution"))
+    if resolution is None:
+        raise TypeError("the network declares no img_resolution")
+    return int(channels), int(resolution), int(resolution)
+
+
+def choose_sampler(net: Any, sampler: str | None = None, steps: int | None = None,
+                   **options: Any) -> SamplerChoice:
+    """The preset's sampling defaults (``config["sampling"]``) overridden by the non-None arguments."""
+    family = family_of(net)
+    defaults = dict(getattr(net, "config", {}).get("sampling", {}))
+    preset_sampler = defaults.pop("sampler", None)
+    name = sampler or preset_sampler or FAMILY_SAMPLERS[family][0]
+    if name not in FAMILY_SAMPLERS[family]:
+        raise UserError(f"Sampler '{name}' does not fit this {family}-family model; use one of: "
+                        f"{', '.join(FAMILY_SAMPLERS[family])}.")
+    preset_steps = defaults.pop("steps", None)
+    steps = steps if steps is not None else preset_steps
+    if steps is None and family == "edm":
+        steps = EDM_DEFAULT_STEPS
+    if steps is not None and int(steps) < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps}).")
+    merged = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    unknown = sorted(set(merged) - set(FAMILY_OPTIONS[family]))
+    if unknown:
+        raise UserError(f"Sampler option(s) {', '.join(unknown)} do not apply to a {family}-family model; "
+                        f"it takes: {', '.join(FAMILY_OPTIONS[family])}.")
+    if name == "ancestral" and merged.get("eta"):
+        raise UserError("--eta sets DDIM's noise; it does not apply to the ancestral sampler (use --sampler ddim).")
+    if name == "ddim":
+        merged.setdefault("eta", 0.0)
+    return SamplerChoice(name, None if steps is None else int(steps), merged)
+
+
+# -- randomness and classes --------------------------------------------------------------------------------
+class SeedGenerators:
+    """One ``torch.Generator`` per image, seeded ``seed % 2**32`` (EDM's ``StackedRandomGenerator``)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device) -> None:
+        self.device = device
+        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.stack([torch.randn(list(shape), generator=g, dtype=dtype, device=self.device)
+                            for g in self.generators])
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(x.shape[1:], dtype=x.dtype)
+
+    def randint(self, high: int) -> torch.Tensor:
+        return torch.stack([torch.randint(high, [], generator=g, device=self.device) for g in self.generators])
+
+
+def class_table(class_labels: Any, label_dim: int, num: int) -> torch.Tensor | None:
+    """Fixed class vectors ``[N, label_dim]`` or one shared ``[label_dim]``; None: random per seed.
+
+    Raises a UserError for a class on an unconditional model, a class out of range, or a wrong length.
+    """
+    if class_labels is None:
+        return None
+    if not label_dim:
+        raise UserError("This model is unconditional; it takes no class (leave out --class).")
+
+    def check(k: int) -> int:
+        if not 0 <= int(k) < label_dim:
+            raise UserError(f"Class {k} is out of range; this model has classes 0..{label_dim - 1}.")
+        return int(k)
+
+    if isinstance(class_labels, Mapping):
+        vector = torch.zeros(label_dim)
+        for k, w in class_labels.items():
+            vector[check(k)] += float(w)
+        return vector
+    if isinstance(class_labels, int):
+        return torch.nn.functional.one_hot(torch.tensor(check(class_labels)), label_dim).float()
+    labels = torch.as_tensor(class_labels)
+    if labels.is_floating_point():
+        if labels.shape not in ((label_dim,), (num, label_dim)):
+            raise UserError(f"Class vectors must have shape [{label_dim}] or [{num}, {label_dim}], "
+                            f"not {list(labels.shape)}.")
+        return labels.float().cpu()
+    labels = labels.reshape(-1)
+    if labels.numel() not in (1, num):
+        raise UserError(f"Give one class or one per seed ({num}), not {labels.numel()}.")
+    for k in labels.unique().tolist():
+        check(k)
+    return torch.nn.functional.one_hot(labels.long(), label_dim).float().squeeze(0)
+
+
+def labels_for_batch(table: torch.Tensor | None, drawn: torch.Tensor | None, rows: slice,
+                     label_dim: int) -> torch.Tensor | None:
+    """The class vectors of one batch: the fixed table's rows, else one-hot of the classes drawn per seed."""
+    if not label_dim:
+        return None
+    if table is None:
+        return torch.nn.functional.one_hot(drawn, label_dim).float()
+    fixed = table if table.ndim == 1 else table[rows]
+    return fixed.expand(rows.stop - rows.start, label_dim)
+
+
+# -- devices and precision ---------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    if device.type == "cuda" and device.index is None:  # pin it: per-image generators live on one GPU
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def default_precision(precision: str | None, device: torch.device) -> str:
+    """bf16 on CUDA, fp32 on the CPU, unless asked otherwise."""
+    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"Unknown precision '{precision}'; use bf16 or fp32.")
+    return precision
+
+
+def autocast_for(precision: str | None, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the contexts the network runs in: bf16 autocast, or nothing for fp32."""
+    if default_precision(precision, device) == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# -- progress ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich bar showing items done, items/s and the time left; ``advance(n)``. Silent when disabled."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "-- img/s")
+
+    columns = [TextColumn(description), BarColumn(), MofNCompleteColumn(), Speed(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+# -- generation --------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """One batch of generated images, in the order of its seeds."""
+
+    seeds: list[int]
+    images: torch.Tensor  # uint8 [n, C, H, W] on the CPU
+    labels: torch.Tensor | None  # float class vectors [n, label_dim] on the CPU, None for unconditional models
+
+
+def _edm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callable:
+    base = _base(net)
+    options = dict(choice.options)
+    round_sigma = getattr(base, "round_sigma", None) or (lambda s: s)
+    sigma_min = max(float(options.pop("sigma_min", 0.002)), float(getattr(base, "sigma_min", 0)))
+    sigma_max = min(float(options.pop("sigma_max", 80.0)), float(getattr(base, "sigma_max", float("inf"))))
+    rho = float(options.pop("rho", 7.0))
+    solver = edm.SAMPLERS[choice.name]
+
+    def run(latents: torch.Tensor, labels: torch.Tensor | None, rnd: SeedGenerators) -> torch.Tensor:
+        sigmas = edm.noise_levels(choice.steps, sigma_min, sigma_max, rho, round_sigma, latents.device)
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return net(x, sigma, labels).to(torch.float64)
+
+        return solver(denoise, latents, sigmas, randn_like=rnd.randn_like, round_sigma=round_sigma, **options)
+
+    return run
+
+
+def diffusion_config(net: Any) -> dict[str, Any]:
+    """The model config with the process settings a preset left to the builder's defaults read off the network."""
+    config = dict(getattr(net, "config", {}).get("model_config", {}))
+    for key in ("diffusion_steps", "noise_schedule", "learn_sigma"):
+        if key not in config and hasattr(_base(net), key):
+            config[key] = getattr(_base(net), key)
+    return config
+
+
+def _ddpm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callable:
+    from loracli.diffusion.gaussian import GaussianDiffusion
+
+    diffusion = GaussianDiffusion.from_model_config(diffusion_config(net), steps=choice.steps)
+    eta = float(choice.options.get("eta", 0.0))
+
+    def model(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
+        with autocast():
+            return net(x, t, labels).float()
+
+    def run(latents: torch.Tensor, labels: torch.Tensor | None, rnd: SeedGenerators) -> torch.Tensor:
+        return diffusion.sample(model, latents, labels, sampler=choice.name, eta=eta, randn_like=rnd.randn_like)
+
+    return run
+
+
+def generate(net: Any, seeds: Sequence[int], class_labels: Any = None, steps: int | None = None,
+             sampler: str | None = None, batch: int = 64, device: str | torch.device | None = None,
+             precision: str | None = None, progress: bool = False, **sampler_options: Any) -> Iterator[Batch]:
+    """Generate images batch by batch (see the module docstring); the network is moved to ``device``."""
+    seeds = [int(s) for s in seeds]
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1 (got {batch}).")
+    if any(s < 0 for s in seeds):
+        raise UserError("Seeds must be non-negative.")
+    device = resolve_device(device)
+    family, label_dim = family_of(net), label_dim_of(net)
+    table = class_table(class_labels, label_dim, len(seeds))
+    choice = choose_sampler(net, sampler, steps, **sampler_options)
+    autocast = autocast_for(precision, device)
+    run = (_edm_runner if family == "edm" else _ddpm_runner)(net, choice, autocast)
+    shape = image_shape(net)
+
+    was_training = net.training
+    net.to(device).eval()
+    try:
+        with torch.no_grad(), progress_bar(len(seeds), "Sampling", progress) as advance:
+            for start in range(0, len(seeds), batch):
+                chunk = seeds[start:start + batch]
+                rnd = SeedGenerators(chunk, device)
+                latents = rnd.randn(shape)
+                drawn = rnd.randint(label_dim) if label_dim else None
+                labels = labels_for_batch(table, drawn, slice(start, start + len(chunk)), label_dim)
+                labels = None if labels is None else labels.to(device)
+                images = to_uint8(run(latents, labels, rnd)).cpu()
+                yield Batch(chunk, images, None if labels is None else labels.cpu())
+                advance(len(chunk))
+    finally:
+        net.train(was_training)
+
+
+def sample(net: Any, seeds: Sequence[int], class_labels: Any = None, steps: int | None = None,
+           sampler: str | None = None, batch: int = 64, device: str | torch.device | None = None,
+           precision: str | None = None, progress: bool = False, **sampler_options: Any) -> torch.Tensor:
+    """uint8 images ``[N, C, H, W]`` on the CPU, image k from ``seeds[k]`` alone, e.g.
+    ``loracli.sample(net, seeds=range(8), class_labels=3, steps=18)``."""
+    batches = list(generate(net, seeds, class_labels, steps, sampler, batch, device, precision, progress,
+                            **sampler_options))
+    if not batches:
+        return torch.empty(0, *image_shape(net), dtype=torch.uint8)
+    return torch.cat([b.images for b in batches])
+
+
+# -- several processes (torchrun) --------------------------------------------------------------------------
+def shard_indices(num: int, batch: int, rank: int, world: int) -> list[int]:
+    """Positions (into the seed list) this rank generates, split as EDM's generate.py does: batches of at most
+    ``batch``, dealt round-robin to the ranks."""
+    if world == 1:
+        return list(range(num))
+    num_batches = ((num - 1) // (batch * world) + 1) * world if num else world
+    batches = torch.tensor_split(torch.arange(num), num_batches)
+    return [int(i) for b in batches[rank::world] for i in b.tolist()]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes: ``(0, 1)`` outside a torchrun process group (which
+    ``loracli.train.distributed.start`` joins)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_to_rank_zero(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (in rank order), None elsewhere; ``[obj]`` without torchrun."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out

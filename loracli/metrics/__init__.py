@@ -1,0 +1,1 @@
+"""Metrics: FID through clean-fid with user-supplied Inception weights, reference statistics, provenance."""
