@@ -56,7 +56,7 @@ def test_user_errors_are_one_sentence_and_exit_code_2(tmp_path):
 
 
 def test_seed_ranges():
-    from loracli.cli.common import parse_int_list
+    from loracli.seeds import parse_int_list
     from loracli.errors import UserError
 
     assert parse_int_list("0-3") == [0, 1, 2, 3]

@@ -10,7 +10,7 @@ import scipy.linalg
 from loracli.errors import UserError
 from loracli.metrics.features import statistics
 from loracli.metrics.fid import frechet_distance
-from loracli.metrics.provenance import format_int_list
+from loracli.seeds import format_int_list
 from loracli.metrics.reference import read_stats
 
 

@@ -47,23 +47,6 @@ def not_implemented(command: str, issue: str) -> None:
     raise NotImplementedYet(f"`loracli {command}` is not implemented yet ({issue}).")
 
 
-def parse_int_list(text: str, what: str = "seeds") -> list[int]:
-    """``"0-63"``, ``"1,5,9"`` or ``"0-9,20-29"`` -> a list of non-negative integers, in order."""
-    values: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, sep, hi = part.partition("-")
-            start, stop = int(lo), int(hi) if sep else int(lo)
-            if start < 0 or stop < start:
-                raise ValueError
-            values.extend(range(start, stop + 1))
-    except ValueError:
-        raise UserError(f"Cannot read {what} '{text}'; use a range like 0-63 or a list like 1,5,9.") from None
-    if not values:
-        raise UserError(f"No {what} given in '{text}'.")
-    return values
-
-
 def is_rank_zero() -> bool:
     """Only rank 0 of a torchrun job prints progress and writes files."""
     return int(os.environ.get("RANK", "0")) == 0

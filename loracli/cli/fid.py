@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from loracli.cli.common import console, handle_errors, is_rank_zero, parse_int_list
+from loracli.cli.common import console, handle_errors, is_rank_zero
+from loracli.seeds import parse_int_list
 from loracli.errors import UserError
 
 DEFAULT_NUM = 50_000

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import typer
 
-from loracli.cli.common import console, handle_errors, is_rank_zero, parse_int_list
+from loracli.cli.common import console, handle_errors, is_rank_zero
+from loracli.seeds import parse_int_list
 from loracli.errors import UserError
 
 GRID_IMAGES = 64
@@ -52,7 +53,8 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     from loracli.generate import (choose_sampler, class_table, default_precision, gather_to_rank_zero, generate,
                                   image_shape, label_dim_of, rank_and_world, resolve_device, shard_indices)
     from loracli.images import save_grid, save_png, seed_filename
-    from loracli.metrics.provenance import format_int_list, now
+    from loracli.metrics.provenance import now
+    from loracli.seeds import format_int_list
 
     seeds = list(seeds)
     choice = choose_sampler(net, sampler, steps, **sampler_options)  # refuse bad settings before any work

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from loracli.cli.common import parse_int_list
+from loracli.seeds import parse_int_list
 from loracli.errors import UserError
 from loracli.generate import progress_bar
 from loracli.images import seed_filename

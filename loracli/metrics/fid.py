@@ -19,7 +19,8 @@ from loracli.errors import UserError
 from loracli.io.atomic import write_text
 from loracli.metrics import features as feats
 from loracli.metrics.detectors import RESIZE, Detector
-from loracli.metrics.provenance import format_int_list, now
+from loracli.metrics.provenance import now
+from loracli.seeds import format_int_list
 from loracli.metrics.reference import Reference, data_reference, npz_features, npz_images, resolve
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,

@@ -7,7 +7,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -33,22 +33,6 @@ def array_sha256(*arrays: np.ndarray) -> str:
     for a in arrays:
         digest.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
     return digest.hexdigest()
-
-
-def format_int_list(values: Iterable[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``, the inverse of ``parse_int_list`` (order kept)."""
-    parts: list[str] = []
-    run: list[int] = []
-    for v in values:
-        if run and v == run[-1] + 1:
-            run.append(v)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [v]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
 
 
 def now() -> str:
