@@ -154,8 +154,10 @@ SPEC = ModelSpec(
     build=NanoUNet,
     presets={
         "default": Preset(
-            config={"diffusion_steps": 1000, "noise_schedule": "cosine", "learn_sigma": False},
-            description="32x32 RGB, 32 channels, mult 1,2,2, attention at 16 and 8; cosine schedule, T=1000",
+            config={"img_resolution": 32, "model_channels": 16, "channel_mult": [1, 2, 4], "channels_per_head": 16,
+                    "diffusion_steps": 1000, "noise_schedule": "cosine", "learn_sigma": False},
+            description="32x32 RGB, 16 channels, mult 1,2,4, attention at 16 and 8; cosine schedule, T=1000 "
+                        "(sized for the CPU: the README's run takes minutes on 2 cores)",
             conditions={"time-lora": {"bases": 11}},
             sampling={"sampler": "ddim", "steps": 50},
             reference="loracli's own (no paper configuration)",

@@ -1,0 +1,333 @@
+"""The training loop: Adam with warm-up, EMA, snapshots, exact resume, one process or many.
+
+Every random number of step ``s`` comes from generators seeded with ``(seed, s)`` -- the draws shared by all
+processes -- and ``(seed, s, rank)`` -- torch's global generator, which dropout uses. The data order is a
+function of ``(seed, position)``. So the state to resume from is the weights, the EMA, the optimiser and the
+step, and a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from loracli.build import build_model
+from loracli.data.order import DataOrder, micro_batch_offset
+from loracli.errors import UserError
+from loracli.io.atomic import write_text
+from loracli.io.checkpoint import save
+from loracli.train import distributed, report, setup
+from loracli.train.objective import take
+from loracli.train.state import CHECKPOINT_FILE, STATE_FILE, RunState, grid_name, publish, save_state, snapshot_name
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; nothing after the last good snapshot is saved."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    grid: Path | None
+    plot: Path | None
+    interrupted: bool
+
+
+def stream_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for one random stream of one step (stream 0: shared draws; 1 + rank: per process)."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class Window:
+    """What the loop accumulates between two progress reports."""
+
+    start: int
+    loss: torch.Tensor
+    clock: float = field(default_factory=time.perf_counter)
+    printed: float = field(default_factory=time.time)
+
+
+class StopRequest:
+    """The first Ctrl-C asks the loop to save and stop at the next check; a second one aborts at once."""
+
+    def __init__(self, notice: Callable[[], None] | None = None) -> None:
+        self.requested = False
+        self.notice = notice
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.notice is not None:
+            self.notice()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves before it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(dataset: Any, recipe: Mapping[str, Any], process: distributed.Process, micro_batch: int,
+                start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    train = recipe["train"]
+    workers = train["workers"]
+    if workers is None:
+        workers = min(8, max(1, (torch.multiprocessing.cpu_count() // process.world) - 1)) \
+            if process.device.type == "cuda" else 0
+    order = DataOrder(len(dataset), train["seed"], train["batch"], micro_batch, process.rank, process.world, start_step)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=micro_batch, sampler=order, num_workers=int(workers),
+        pin_memory=process.device.type == "cuda", persistent_workers=bool(workers),
+        prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint if workers else None)
+    return iter(loader)
+
+
+def micro_batch_size(train: Mapping[str, Any], world: int) -> int:
+    batch = int(train["batch"])
+    if batch % world:
+        raise UserError(f"The batch {batch} does not split evenly over {world} processes; pick a multiple of {world}.")
+    per_process = batch // world
+    micro = min(int(train["batch_gpu"] or per_process), per_process)
+    if per_process % micro:
+        raise UserError(f"--batch-gpu {micro} does not divide the per-process batch {per_process}.")
+    return micro
+
+
+def learning_rate(train: Mapping[str, Any], step: int) -> float:
+    """EDM's linear warm-up: ``lr · min(nimg / rampup_nimg, 1)``, ``nimg`` counted before this step."""
+    rampup = float(train["lr_rampup_kimg"]) * 1000
+    factor = min(step * train["batch"] / rampup, 1.0) if rampup > 0 else 1.0
+    return float(train["lr"]) * factor
+
+
+def precision_of(train: Mapping[str, Any], device: torch.device) -> str:
+    precision = train["precision"] or ("bf16" if device.type == "cuda" else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"Unknown precision '{precision}'; use bf16 or fp32.")
+    return precision
+
+
+class Trainer:
+    """One run: set up from a recipe (and the saved state when resuming), then ``run()``."""
+
+    def __init__(self, recipe: dict[str, Any], run_dir: Path, state: RunState | None = None,
+                 console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.recipe, self.run_dir = recipe, run_dir
+        self.process = distributed.start(recipe["train"]["device"])
+        try:
+            self._set_up(state)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, state: RunState | None) -> None:
+        recipe, train, device = self.recipe, self.recipe["train"], self.process.device
+        self.dataset = setup.open_data(recipe, state.model_config if state else None)
+        self.data_info = self.dataset.provenance()
+        if state is not None:
+            self.model = build_model(state.model_config)
+            setup.check_data_fits(self.model, self.dataset)
+        else:
+            self.model = setup.build_network(recipe, self.dataset)
+        self.objective = setup.make_objective(recipe, self.model)
+        self.precision = precision_of(train, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision != "fp32"
+            self.model.to(device, memory_format=torch.channels_last)
+        self.trained = self._trained_parameters()
+        self.optimizer = torch.optim.Adam(self.trained, lr=float(train["lr"]), betas=tuple(train["betas"]),
+                                          eps=float(train["eps"]), fused=device.type == "cuda" or None)
+        self.ema = setup.make_ema(recipe, self.model)
+        self.step = 0
+        if state is not None:
+            state.restore(self.model, self.ema.model, self.optimizer)
+            self.step = state.step
+        self.model.train()
+        self.ddp = None
+        net: Any = self.model
+        if self.process.distributed:
+            net = self.ddp = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=setup.has_unused_inputs(self.model, self.objective))
+        self.net = torch.compile(net) if train["compile"] else net
+        self.micro_batch = micro_batch_size(train, self.process.world)
+        self.rounds = train["batch"] // (self.micro_batch * self.process.world)
+        self.generator = torch.Generator(device=device)
+        self.metrics = report.MetricsLog(self.run_dir, state.step if state else None) if self.process.is_main else None
+        existing = self.run_dir / CHECKPOINT_FILE
+        self.last_checkpoint: Path | None = existing if state and existing.is_file() else None
+        self.last_grid: Path | None = None
+        self.last_plot: Path | None = None
+        self.saved_step = self.step if state else -1
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """Every parameter, or with ``finetune`` only the adapters (the base network is frozen)."""
+        if not self.recipe["finetune"]:
+            return list(self.model.parameters())
+        trained = list(self.model.condition_parameters())
+        if not trained:
+            raise UserError("--finetune trains only the adapters, and this network has none; add --cond.")
+        for p in self.model.base_parameters():
+            p.requires_grad_(False)
+        return trained
+
+    # -- one optimiser step ----------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.process.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimiser step over the global batch; returns this process's summed display loss (on device)."""
+        seed, step, device = self.recipe["train"]["seed"], self.step, self.process.device
+        torch.manual_seed(stream_seed(seed, step, 1 + self.process.rank))
+        self.generator.manual_seed(stream_seed(seed, step, 0))
+        draws = self.objective.draw(self.recipe["train"]["batch"], self.generator, device)
+        per_process = self.micro_batch * self.rounds
+        total = torch.zeros((), device=device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for round_ in range(self.rounds):
+            images, labels = next(batches)
+            images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True) if self.model.label_dim else None
+            start = micro_batch_offset(self.process.rank, self.process.world, round_, self.micro_batch)
+            last = round_ == self.rounds - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    loss = self.objective.loss(self.net, images, labels, take(draws, start, start + self.micro_batch))
+                (loss.sum() / per_process).backward()
+            total += loss.detach().sum()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.recipe["train"], step)
+        for p in self.trained:
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        self.optimizer.step()
+        self.ema.update(self.model, step)
+        self.step += 1
+        return total * self.objective.display_scale
+
+    # -- what is written ---------------------------------------------------------------------------------------
+    def extra(self) -> dict[str, Any]:
+        return {"data": self.data_info, "train": self.recipe, "kimg": self.step * self.recipe["train"]["batch"] / 1000}
+
+    def snapshot(self) -> None:
+        """EMA checkpoint, training state, sample grid and loss plot for the current step (rank 0 writes)."""
+        if self.process.is_main:
+            path = save(self.ema.model, self.run_dir / snapshot_name(self.step), step=self.step, ema=True,
+                        extra=self.extra())
+            publish(path, self.run_dir / CHECKPOINT_FILE)
+            save_state(self.run_dir / STATE_FILE, self.model, self.ema.model, self.optimizer, self.step, self.recipe)
+            self.last_checkpoint = self.run_dir / CHECKPOINT_FILE
+            self.last_grid = self.sample_grid()
+            if self.metrics is not None and self.metrics.rows:
+                self.last_plot = report.plot_losses(self.metrics.rows, self.run_dir / report.PLOT_FILE,
+                                                    f"{self.recipe['model']} {self.recipe['cond']}")
+        self.saved_step = self.step
+        distributed.barrier(self.process)
+
+    def sample_grid(self) -> Path | None:
+        from loracli.generate import sample
+        from loracli.images import save_grid
+
+        options = self.recipe["sample"]
+        if not options["images"]:
+            return None
+        classes, columns = report.grid_classes(self.model.label_dim, int(options["images"]))
+        seeds = range(len(classes) if classes is not None else int(options["images"]))
+        images = sample(self.ema.model, seeds, class_labels=classes, steps=options["steps"], sampler=options["sampler"],
+                        device=self.process.device)
+        return save_grid(self.run_dir / grid_name(self.step), images, columns)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Train to ``train.steps``, reporting every ``log_every`` steps and snapshotting on schedule."""
+        train = self.recipe["train"]
+        total_steps, batch = train["steps"], train["batch"]
+        if self.process.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.json", json.dumps(self.recipe, indent=2) + "\n")
+        batches = make_loader(self.dataset, self.recipe, self.process, self.micro_batch, self.step)
+        self.window = Window(self.step, torch.zeros((), device=self.process.device))
+        bad = torch.zeros((), dtype=torch.bool, device=self.process.device)
+        progress = report.progress_bar(self.console) if self.process.is_main else None
+        notice = (lambda: self.console.print("[yellow]Stopping after this step (Ctrl-C again aborts)...[/]")) \
+            if self.process.is_main else None
+        interrupted = False
+        with StopRequest(notice) as stop, progress or contextlib.nullcontext():
+            task = progress.add_task("train", total=total_steps, completed=self.step, kimg=self.step * batch / 1000,
+                                     loss="-", speed="-") if progress else None
+            while self.step < total_steps and not interrupted:
+                loss = self.train_step(batches)
+                self.window.loss += loss
+                bad |= ~torch.isfinite(loss)
+                due_snapshot = self.step % train["snapshot_every"] == 0 or self.step == total_steps
+                if self.step % train["log_every"] and not due_snapshot:
+                    continue
+                if distributed.any_true(self.process, bool(bad.item())):
+                    self.diverged(self.window.start)
+                self.report(progress, task, due_snapshot)
+                interrupted = distributed.any_true(self.process, stop.requested)
+                if due_snapshot or interrupted:
+                    self.snapshot()
+                    self.window.clock = time.perf_counter()
+        if self.saved_step != self.step:
+            self.snapshot()
+        return RunResult(self.run_dir, self.step, self.last_checkpoint, self.last_grid, self.last_plot, interrupted)
+
+    def report(self, progress: Any, task: Any, due_snapshot: bool) -> None:
+        """Close the reporting window: metrics line, progress bar (or a plain line in a log file)."""
+        train, window = self.recipe["train"], self.window
+        steps, batch = self.step - window.start, train["batch"]
+        elapsed = time.perf_counter() - window.clock
+        loss = distributed.total(self.process, window.loss).item() / (steps * batch)
+        row = {"step": self.step, "kimg": self.step * batch / 1000, "loss": loss,
+               "lr": learning_rate(train, self.step - 1), "img_per_s": steps * batch / max(elapsed, 1e-9),
+               "time": time.time()}
+        if self.metrics is not None:
+            self.metrics.append(row)
+        if progress is not None:
+            progress.update(task, completed=self.step, kimg=row["kimg"], loss=f"{loss:.4f}",
+                            speed=f"{row['img_per_s']:.0f}")
+            if not self.console.is_terminal and (due_snapshot or row["time"] - window.printed >= 30):
+                window.printed = row["time"]
+                self.console.print(f"step {self.step}/{train['steps']}  kimg {row['kimg']:.1f}  loss {loss:.4f}  "
+                                   f"{row['img_per_s']:.0f} img/s", highlight=False)
+        window.loss.zero_()
+        window.start, window.clock = self.step, time.perf_counter()
+
+    def diverged(self, since: int) -> None:
+        saved = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "nothing was saved"
+        raise TrainingDiverged(f"The loss became NaN or infinite between steps {since} and {self.step}, so training "
+                               f"stopped ({saved}); lower --lr or check the data.")
+
+    def close(self) -> None:
+        distributed.stop(self.process)

@@ -1,0 +1,136 @@
+"""The run folder and the training state that ``--resume`` continues from, bit for bit.
+
+``state.safetensors`` holds the raw weights (``model.*``), the EMA weights (``ema.*``) and the optimiser's
+tensors (``optim.<param>.<name>``); its JSON metadata holds the step, the network's build config, the
+resolved recipe and the optimiser's scalar settings. No pickles: it is read with safetensors alone. Random
+numbers are a pure function of (seed, step, rank) (see ``loop.py``) and the data order of (seed, position)
+(``loracli.data.order``), so the step number is the whole random state. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from loracli.errors import UserError
+from loracli.io.atomic import atomic_path
+from loracli.io.checkpoint import load_state as load_module_state
+from loracli.io.checkpoint import state_tensors
+
+STATE_FILE = "state.safetensors"
+CHECKPOINT_FILE = "ckpt.safetensors"
+FORMAT = "loracli-train-state"
+# Optimiser settings that describe how it runs on this machine, not what it has learnt.
+_IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable", "maximize")
+
+
+def snapshot_name(step: int) -> str:
+    return f"snapshot-{step:07d}.safetensors"
+
+
+def grid_name(step: int) -> str:
+    return f"grid-{step:07d}.png"
+
+
+def default_run_dir(model: str, cond: str, root: Path = Path("runs"), existing: bool = False) -> Path:
+    """``runs/<model>-<cond>``, numbered ``-1``, ``-2``, ... if taken; ``existing``: the newest one with a state."""
+    stem = f"{model}-{cond.replace('+', '-')}"
+    candidates = [root / stem] + [root / f"{stem}-{k}" for k in range(1, 1000)]
+    if existing:
+        found = [c for c in candidates if (c / STATE_FILE).is_file()]
+        if not found:
+            raise UserError(f"No run to resume under '{root / stem}*'; pass --outdir RUN_FOLDER.")
+        return found[-1]
+    return next(c for c in candidates if not c.exists())
+
+
+def save_state(path: Path, model: Any, ema_model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+               recipe: Mapping[str, Any]) -> None:
+    """Write everything needed to continue training at ``step`` (atomically)."""
+    model = getattr(model, "module", model)
+    tensors = {f"model.{k}": v for k, v in state_tensors(model).items()}
+    tensors.update({f"ema.{k}": v for k, v in state_tensors(ema_model).items()})
+    optim = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in optim["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    metadata = {
+        "format": FORMAT,
+        "step": str(int(step)),
+        "model_config": json.dumps(model.config, sort_keys=True),
+        "recipe": json.dumps(recipe, sort_keys=True),
+        "param_groups": json.dumps(optim["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+@dataclass
+class RunState:
+    """A training state read back: apply it with :meth:`restore`."""
+
+    path: Path
+    step: int
+    model_config: dict
+    recipe: dict
+    tensors: dict[str, torch.Tensor]
+    param_groups: list
+    optim_scalars: dict
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def restore(self, model: torch.nn.Module, ema_model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        load_module_state(model, self.section("model."), str(self.path))
+        load_module_state(ema_model, self.section("ema."), str(self.path))
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in self.section("optim.").items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        for index, entries in self.optim_scalars.items():
+            state.setdefault(int(index), {}).update(entries)
+        current = optimizer.state_dict()["param_groups"]
+        if len(current) != len(self.param_groups):
+            raise UserError(f"'{self.path}' was saved with another set of trained parameters; start a new run.")
+        groups = [{**saved, **{k: now[k] for k in _IMPLEMENTATION_KEYS if k in now}}
+                  for saved, now in zip(self.param_groups, current)]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def read_state(path: Path) -> RunState:
+    """Read ``state.safetensors`` (safetensors only; nothing from the file is executed)."""
+    if not path.is_file():
+        raise UserError(f"No training state at '{path}'; resume needs a run folder written by `loracli train`.")
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError("not a loracli training state")
+        return RunState(path, int(meta["step"]), json.loads(meta["model_config"]), json.loads(meta["recipe"]),
+                        tensors, json.loads(meta["param_groups"]), json.loads(meta["optim_scalars"]))
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"'{path}' is not a readable loracli training state ({exc}); it may be damaged.") from None
+
+
+def publish(snapshot: Path, target: Path) -> None:
+    """Make ``target`` (``ckpt.safetensors``) the newest snapshot: a hard link, or a copy where links fail."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(snapshot, tmp)
+        except OSError:
+            shutil.copyfile(snapshot, tmp)
