@@ -131,3 +131,12 @@ def test_metadata_is_plain_json(tmp_path):
     meta = checkpoint.read_header(path)["__metadata__"]
     assert meta["format"] == "loracli-checkpoint" and meta["step"] == "7"
     assert json.loads(meta["config"])["model"] == "nano"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
