@@ -30,6 +30,8 @@ import torch
 from loracli.diffusion import edm
 from loracli.errors import UserError
 from loracli.images import to_uint8
+from loracli.runtime import autocast as runtime_autocast
+from loracli.runtime import pick_device
 
 FAMILY_SAMPLERS = {"edm": ("heun", "euler"), "ddpm": ("ancestral", "ddim")}
 FAMILY_OPTIONS = {"edm": ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise"), "ddpm": ("eta",)}
@@ -176,32 +178,6 @@ def labels_for_batch(table: torch.Tensor | None, drawn: torch.Tensor | None, row
 
 
 # -- devices and precision ---------------------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
-    if device.type == "cuda" and device.index is None:  # pin it: per-image generators live on one GPU
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def default_precision(precision: str | None, device: torch.device) -> str:
-    """bf16 on CUDA, fp32 on the CPU, unless asked otherwise."""
-    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"Unknown precision '{precision}'; use bf16 or fp32.")
-    return precision
-
-
-def autocast_for(precision: str | None, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the contexts the network runs in: bf16 autocast, or nothing for fp32."""
-    if default_precision(precision, device) == "fp32":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 # -- progress ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
@@ -288,11 +264,11 @@ def generate(net: Any, seeds: Sequence[int], class_labels: Any = None, steps: in
         raise UserError(f"--batch must be at least 1 (got {batch}).")
     if any(s < 0 for s in seeds):
         raise UserError("Seeds must be non-negative.")
-    device = resolve_device(device)
+    device = pick_device(device)
     family, label_dim = family_of(net), label_dim_of(net)
     table = class_table(class_labels, label_dim, len(seeds))
     choice = choose_sampler(net, sampler, steps, **sampler_options)
-    autocast = autocast_for(precision, device)
+    autocast = runtime_autocast(precision, device)
     run = (_edm_runner if family == "edm" else _ddpm_runner)(net, choice, autocast)
     shape = image_shape(net)
 
@@ -335,25 +311,3 @@ def shard_indices(num: int, batch: int, rank: int, world: int) -> list[int]:
     num_batches = ((num - 1) // (batch * world) + 1) * world if num else world
     batches = torch.tensor_split(torch.arange(num), num_batches)
     return [int(i) for b in batches[rank::world] for i in b.tolist()]
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes: ``(0, 1)`` outside a torchrun process group (which
-    ``loracli.train.distributed.start`` joins)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_to_rank_zero(obj: Any) -> list[Any] | None:
-    """Every rank's ``obj`` on rank 0 (in rank order), None elsewhere; ``[obj]`` without torchrun."""
-    rank, world = rank_and_world()
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out

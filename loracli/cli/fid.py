@@ -102,7 +102,8 @@ def _score_checkpoint(ckpt: Path, ref: str | None, detector: Any, num: int | Non
                       workers: int, precision: str | None, steps: int | None,
                       sampler: str | None) -> dict[str, Any] | None:
     import loracli
-    from loracli.generate import choose_sampler, default_precision
+    from loracli.generate import choose_sampler
+    from loracli.runtime import choose_precision
     from loracli.io.checkpoint import read_metadata
     from loracli.metrics.fid import reference_for, score_checkpoint
     from loracli.metrics.provenance import checkpoint_provenance
@@ -115,7 +116,7 @@ def _score_checkpoint(ckpt: Path, ref: str | None, detector: Any, num: int | Non
         seed_list = seed_list[:num]
     net = loracli.load(ckpt)
     choose_sampler(net, sampler, steps)  # refuse wrong settings before the reference is computed
-    default_precision(precision, detector.device)
+    choose_precision(precision, detector.device)
     # Only rank 0 scores, so only it needs the reference; it is ready before any image is generated.
     reference = reference_for(ref, info["extra"].get("data"), detector, batch, workers, True) if is_rank_zero() else None
     provenance = checkpoint_provenance(ckpt, net.checkpoint, info["config"])

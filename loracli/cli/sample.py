@@ -50,8 +50,8 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     """Write one PNG per seed (each torchrun rank its share, once the process group is started), then on
     rank 0 grid.png, the npz and samples.json; returns the provenance record written to samples.json."""
     from loracli import __version__
-    from loracli.generate import (choose_sampler, class_table, default_precision, gather_to_rank_zero, generate,
-                                  image_shape, label_dim_of, rank_and_world, resolve_device, shard_indices)
+    from loracli.generate import choose_sampler, class_table, generate, image_shape, label_dim_of, shard_indices
+    from loracli.runtime import choose_precision, gather_to_rank_zero, pick_device, rank_and_world
     from loracli.images import save_grid, save_png, seed_filename
     from loracli.metrics.provenance import now
     from loracli.seeds import format_int_list
@@ -60,8 +60,8 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     choice = choose_sampler(net, sampler, steps, **sampler_options)  # refuse bad settings before any work
     table = class_table(class_labels, label_dim_of(net), len(seeds))
     rank, world = rank_and_world()
-    device_used = resolve_device(device)
-    precision_used = default_precision(precision, device_used)
+    device_used = pick_device(device)
+    precision_used = choose_precision(precision, device_used)
     keep = set(seeds if npz else seeds[:GRID_IMAGES] if grid else [])
     kept: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     mine = shard_indices(len(seeds), batch, rank, world)

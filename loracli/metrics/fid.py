@@ -128,8 +128,8 @@ def score_checkpoint(net: Any, ckpt: Path, reference: Reference | None, detector
                      **sampler_options: Any) -> dict[str, Any] | None:
     """Generate ``seeds`` from ``net`` and score them without writing images. Under torchrun every rank
     generates its share and rank 0 scores them all in seed order (returns None on the other ranks)."""
-    from loracli.generate import (choose_sampler, default_precision, gather_to_rank_zero, generate, rank_and_world,
-                                  shard_indices)
+    from loracli.generate import choose_sampler, generate, shard_indices
+    from loracli.runtime import choose_precision, gather_to_rank_zero, rank_and_world
 
     seeds = list(seeds)
     choice = choose_sampler(net, sampler, steps, **sampler_options)
@@ -145,5 +145,5 @@ def score_checkpoint(net: Any, ckpt: Path, reference: Reference | None, detector
     features = np.concatenate([f for p, f in gathered if f is not None])[np.argsort(positions, kind="stable")]
     samples = {"kind": "checkpoint", "path": str(ckpt.resolve()), "provenance": provenance,
                "sampling": {**choice.describe(), "nfe": choice.evaluations(net)},
-               "precision": default_precision(precision, detector.device)}
+               "precision": choose_precision(precision, detector.device)}
     return result(fid_against(features, reference), len(features), seeds, samples, detector, reference)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from loracli.errors import UserError
+from loracli.runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,6 @@ class Process:
     @property
     def distributed(self) -> bool:
         return self.world > 1
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when present, else the CPU; ``cuda`` without a GPU is a user error."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"Unknown device '{name}'; use auto, cpu or cuda.")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was given but PyTorch sees no CUDA GPU; use --device cpu.")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def start(device: str) -> Process:

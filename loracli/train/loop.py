@@ -26,6 +26,7 @@ from loracli.data.order import DataOrder, micro_batch_offset
 from loracli.errors import UserError
 from loracli.io.atomic import write_text
 from loracli.io.checkpoint import save
+from loracli.runtime import autocast, choose_precision
 from loracli.train import distributed, report, setup
 from loracli.train.objective import take
 from loracli.train.state import CHECKPOINT_FILE, STATE_FILE, RunState, grid_name, publish, save_state, snapshot_name
@@ -123,13 +124,6 @@ def learning_rate(train: Mapping[str, Any], step: int) -> float:
     return float(train["lr"]) * factor
 
 
-def precision_of(train: Mapping[str, Any], device: torch.device) -> str:
-    precision = train["precision"] or ("bf16" if device.type == "cuda" else "fp32")
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"Unknown precision '{precision}'; use bf16 or fp32.")
-    return precision
-
-
 class Trainer:
     """One run: set up from a recipe (and the saved state when resuming), then ``run()``."""
 
@@ -154,7 +148,7 @@ class Trainer:
         else:
             self.model = setup.build_network(recipe, self.dataset)
         self.objective = setup.make_objective(recipe, self.model)
-        self.precision = precision_of(train, device)
+        self.precision = choose_precision(train["precision"], device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision != "fp32"
@@ -198,9 +192,7 @@ class Trainer:
 
     # -- one optimiser step ----------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(self.process.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.process.device)()
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimiser step over the global batch; returns this process's summed display loss (on device)."""
