@@ -38,7 +38,7 @@ def command(
 ) -> None:
     """Score generated images against reference statistics (clean-fid; never downloads anything).
 
-    The result is printed and written as JSON beside the samples (fid-<reference>.json), with n, seeds,
+    The result is printed and written as JSON beside the samples (`fid-<reference>.json`), with n, seeds,
     detector hash, mode and reference statistics hash.
 
     Examples:

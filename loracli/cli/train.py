@@ -20,7 +20,7 @@ def command(
     model: Annotated[str, typer.Argument(help="Base model: nano, iddpm, edm (see `loracli models`).")],
     cond: Annotated[Optional[str], typer.Option("--cond", help="Conditioning variant(s), joined with +, e.g. time-lora+class-lora (default: none).")] = None,
     only_lora: Annotated[bool, typer.Option("--only-lora", help="Remove scale-and-shift; condition through attention LoRA alone.")] = False,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Model preset; picks the recipe configs/<model>-<preset>.toml.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Model preset; picks the recipe `configs/<model>-<preset>.toml`.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file overriding the preset's recipe (same keys).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset: EDM zip, image folder or cifar-10-batches-py; default: built-in.")] = None,
     label_dim: Annotated[Optional[int], typer.Option("--label-dim", help="Classes of a class-conditional model, 0 for unconditional (default: 0, or the data's classes for class-lora).")] = None,
@@ -31,7 +31,7 @@ def command(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", help="Dropout probability of the network.")] = None,
     augment: Annotated[Optional[float], typer.Option("--augment", help="Augmentation probability p of EDM's pipe (0: off; edm family).")] = None,
-    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Run folder (default: runs/<model>-<cond>, numbered if taken).")] = None,
+    outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Run folder (default: `runs/<model>-<cond>`, numbered if taken).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the run folder's latest state.")] = False,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this loracli checkpoint: the paper's drop-in recipe (warm-up and EMA ramp restart).")] = None,
     finetune: Annotated[bool, typer.Option("--finetune", help="Freeze the base network; train only the adapters.")] = False,
@@ -49,9 +49,9 @@ def command(
 ) -> None:
     """Train a diffusion model, optionally with LoRA conditioning on its attention layers.
 
-    The recipe is configs/<model>-<preset>.toml (the paper's hyperparameters); --config FILE.toml and the
-    flags below override it. The run folder gets config.json, metrics.jsonl, snapshot-*.safetensors (EMA
-    weights), ckpt.safetensors (the newest), grid-*.png, loss.png and state.safetensors (for --resume).
+    The recipe is `configs/<model>-<preset>.toml` (the paper's hyperparameters); --config FILE.toml and the
+    flags below override it. The run folder gets config.json, metrics.jsonl, `snapshot-*.safetensors` (EMA
+    weights), ckpt.safetensors (the newest), `grid-*.png`, loss.png and state.safetensors (for --resume).
 
     Examples:
 
