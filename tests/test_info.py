@@ -19,7 +19,7 @@ def wide_terminal(monkeypatch):
 def checkpoint(tmp_path, **kw):
     torch.manual_seed(0)
     net = loracli.create_model("nano", **{**TINY_NANO, **kw})
-    path = loracli.save(net, tmp_path / "ckpt.safetensors", step=1234, ema=True, extra={"data": "builtin"})
+    path = loracli.save(net, tmp_path / "ckpt.safetensors", step=1234, ema=True, extra={"data": {"builtin": True, "name": "builtin-shapes", "resolution": 32}})
     return net, path
 
 
@@ -29,7 +29,7 @@ def test_info_shows_model_conditioning_layers_and_counts(tmp_path, cli):
     assert result.exit_code == 0
     out = result.output
     for text in ("nano", "ddpm", "default", "time-lora", "bases=5", "class-lora", "only LoRA", "yes",
-                 "step 1234", "EMA", '"data": "builtin"', "Adapted layers (8)", "mid.attn.qkv", "time-lora: 4 × 5",
+                 "step 1234", "EMA", 'built-in data (builtin-shapes, 32 px)', "Adapted layers (8)", "mid.attn.qkv", "time-lora: 4 × 5",
                  "class-lora: 4 × 10"):
         assert text in out, text
     base = sum(p.numel() for p in net.base_parameters())

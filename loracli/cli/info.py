@@ -76,9 +76,19 @@ def _print(summary: dict[str, Any], out: Console) -> None:
                                            "`--json` shows all provenance")
     elif source:
         overview.add_row("converted from", str(source))
-    others = {k: v for k, v in summary["extra"].items() if k != "converted_from"}
+    data = summary["extra"].get("data")
+    if isinstance(data, dict):
+        where = "built-in data" if data.get("builtin") else data.get("path") or data.get("name")
+        overview.add_row("trained on", f"{where} ({data.get('name')}, {data.get('resolution')} px)")
+    train = summary["extra"].get("train")
+    if isinstance(train, dict):
+        recipe = train.get("train", {})
+        overview.add_row("recipe", f"{train.get('description') or train.get('preset')}; batch {recipe.get('batch')}, "
+                                   f"lr {recipe.get('lr')}, {summary['extra'].get('kimg', '?')} kimg seen "
+                                   "(`--json` shows the whole recipe)")
+    others = sorted(k for k in summary["extra"] if k not in ("converted_from", "data", "train", "kimg"))
     if others:
-        overview.add_row("provenance", json.dumps(others, sort_keys=True, default=str))
+        overview.add_row("provenance", f"also recorded: {', '.join(others)} (`--json`)")
     if not summary["tensors_match"]:
         overview.add_row("[red]warning[/]", "the file's tensors do not match the network its config describes")
     out.print(overview)
