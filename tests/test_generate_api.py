@@ -82,10 +82,10 @@ def test_ddpm_step_counts_and_original_timesteps(nano, steps, expected):
 
 
 def test_preset_defaults_and_overrides(nano):
-    assert choose_sampler(nano).describe() == {"sampler": "ddim", "steps": 50, "eta": 0.0}  # nano's preset
+    assert choose_sampler(nano).describe() == {"sampler": "ancestral", "steps": 100}  # nano's preset
     assert choose_sampler(nano, "ancestral", 7).describe() == {"sampler": "ancestral", "steps": 7}
-    assert choose_sampler(nano).evaluations(nano) == 50
-    assert choose_sampler(nano, "ancestral").evaluations(nano) == 50  # the preset's steps apply to any sampler
+    assert choose_sampler(nano).evaluations(nano) == 100
+    assert choose_sampler(nano, "ddim").evaluations(nano) == 100  # the preset's steps apply to any sampler
 
 
 def test_edm_defaults_are_18_heun_steps(gaussian):

@@ -52,7 +52,7 @@ def test_one_png_per_seed_with_grid_npz_and_provenance(cli, ckpt, tmp_path):
         assert npz["arr_1"].dtype == np.int64 and npz["arr_1"].shape == (10,) and npz["arr_1"].max() < 3
     record = json.loads((out / "samples.json").read_text())
     assert record["seeds"] == "0-9" and record["num"] == 10
-    assert record["sampling"] == {"sampler": "ddim", "steps": 3, "eta": 0.0, "nfe": 3}
+    assert record["sampling"] == {"sampler": "ancestral", "steps": 3, "nfe": 3}
     assert record["precision"] == "fp32" and record["image_shape"] == [3, 8, 8]
     checkpoint = record["checkpoint"]
     assert checkpoint["data"] == DATA and checkpoint["model"] == "nano" and checkpoint["step"] == 7
