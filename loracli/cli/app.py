@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+import warnings
+from typing import Annotated, Any
 
 import typer
 
@@ -55,6 +56,18 @@ def make_app() -> typer.Typer:
     return app
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one yellow line (a skipped plugin, say); ``--debug`` keeps Python's own format."""
+    from loracli.cli.common import console, debug_enabled
+
+    if debug_enabled():
+        warnings._showwarning_orig(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    else:
+        console.print(f"[yellow]Warning:[/] {message}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
+    warnings.showwarning = _show_warning
     make_app()(prog_name="loracli")

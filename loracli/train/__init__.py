@@ -74,9 +74,9 @@ def start_run(model: str, preset: str | None, config_file: Path | None, override
         run_dir = outdir or default_run_dir(model, recipe["cond"])
         if (run_dir / STATE_FILE).exists():
             raise UserError(f"'{run_dir}' already holds a run; continue it with --resume or pick another --outdir.")
+    trainer = Trainer(recipe, run_dir, state=state, console=console)  # checks data and network first
     if show:
         console.print(config_table(recipe, f"loracli train: {'resuming' if resume else 'new run'} in {run_dir}"))
-    trainer = Trainer(recipe, run_dir, state=state, console=console)
     try:
         return trainer.run()
     finally:
