@@ -8,7 +8,8 @@ per conditioning variant, a :class:`LoRABranch`:
 i.e. one rank-(m·r) LoRA whose rank channels are gated per sample -- never a per-sample weight matrix. Basis i
 owns rank channels ``i·r … i·r + r − 1`` (the official code's layout, so its weights copy one to one).
 Several variants on one projection are computed together: their ``down``/``up`` matrices and gates are
-concatenated, so the adapter costs two extra matmuls however many variants are stacked.
+concatenated, so the adapter costs two extra matmuls however many variants are stacked (and the ω-weighted
+bias none: it joins the up-projection, see :class:`LoRAProjection`).
 
 State-dict keys under a wrapped projection ``X`` (variant names with ``-`` written ``_``)::
 
@@ -29,6 +30,9 @@ from torch import nn
 
 from loracli import nn as lnn
 
+# The ω of a call's biased branches [N, m] and their per-basis biases [m, d_out] (None: no branch has a bias).
+OmegaBias = tuple[torch.Tensor, torch.Tensor] | None
+
 
 class LoRABranch(nn.Module):
     """One variant's m bases of rank r on one projection, and the module that gives their weights ω.
@@ -47,9 +51,14 @@ class LoRABranch(nn.Module):
         self.bias = nn.Parameter(torch.zeros(rank * bases, out_features)) if bias else None
         self.omega = omega
 
-    def gate(self, context: Any) -> torch.Tensor:
-        """``repeat_interleave(ω, r)``: the per-sample weight of every rank channel, ``[N, m·r]``."""
-        return torch.repeat_interleave(self.omega(context), self.rank, dim=1)
+    def rank_weights(self, omega: torch.Tensor) -> torch.Tensor:
+        """``repeat_interleave(ω, r)``, the per-sample weight of every rank channel ``[N, m·r]`` (one copy)."""
+        n, m = omega.shape
+        return omega[:, :, None].expand(n, m, self.rank).reshape(n, m * self.rank)
+
+    def basis_bias(self) -> torch.Tensor:
+        """``[m, d_out]``: each basis's bias rows summed, so the ω-weighted bias is ``ω @ basis_bias``."""
+        return self.bias.reshape(self.bases, self.rank, -1).sum(dim=1)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, bases={self.bases}, bias={self.bias is not None}"
@@ -94,12 +103,27 @@ class LoRAProjection(nn.Module):
     The condition comes from ``context`` (the :class:`ConditionContext` shared with the ConditionedModel),
     which each branch's ``omega`` reads. Attributes the wrapper does not have (``weight``, ``in_channels``,
     ...) are read from ``base_layer``, so code that inspects the projection keeps working.
+
+    How it is computed (the adapters must stay cheap beside the projection they wrap, so no extra pass over
+    the projection's wide output where it can be avoided):
+
+    - Features-last activations (a Linear, or a 1x1 convolution fed channels_last, as in GPU training and
+      sampling) take the matrix route: the update is accumulated onto the base output by one GEMM with
+      ``beta=1`` (``addmm``), so the delta is never written out and read back, and the ω-weighted bias rides
+      along as m extra rank channels whose activation is ω itself (``ω @ basis_bias`` is an up-projection by
+      ``basis_bias^T``). When sampling (no autograd) the GEMM accumulates in place.
+    - Channels-first activations (NCHW on the CPU, Conv1d) use 1x1 convolutions, which beat batched matrix
+      products there, and add the update (and the bias, per sample) in place.
+
+    A plain projection's output is not needed by its backward, so updating it in place is safe; behind another
+    wrapper the output is never updated in place.
     """
 
     def __init__(self, base_layer: nn.Module, context: Any) -> None:
         super().__init__()
-        self.channels_last = find_projection(base_layer)[1]
+        projection, self.features_last = find_projection(base_layer)
         self.in_features, self.out_features = projection_features(base_layer)
+        self.in_place = projection is base_layer  # its output is ours to update (see the class docstring)
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
         self.context = context
@@ -120,35 +144,72 @@ class LoRAProjection(nn.Module):
         branch.variant = variant
         self.adapters[key] = branch.to(device=ref.device, dtype=ref.dtype)
 
-    def _project(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """Apply ``matrix`` ([out, in]) along the channel axis of ``x``, as the wrapped layer does."""
-        if self.channels_last:
-            return F.linear(x, matrix)
-        if x.ndim == 4:
-            return F.conv2d(x, matrix[:, :, None, None])
-        return F.conv1d(x, matrix[:, :, None])
-
-    def _per_sample(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
-        """``[N, C]`` -> broadcastable against an activation of rank ``ndim`` in this layer's layout."""
-        ones = [1] * (ndim - 2)
-        return v.reshape(v.shape[0], *ones, v.shape[1]) if self.channels_last else v.reshape(*v.shape, *ones)
+    def _update(self, branches: list[LoRABranch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, OmegaBias]:
+        """This call's ``down [R, d_in]``, ``up [d_out, R]``, ``gate [N, R]`` and, for biased branches, their
+        ``(ω [N, m], basis_bias [m, d_out])``. Each branch's ω is computed once."""
+        omegas = [b.omega(self.context) for b in branches]
+        gate = _cat([b.rank_weights(w) for b, w in zip(branches, omegas)], dim=1)
+        down = _cat([b.down for b in branches], dim=0)
+        up = _cat([b.up for b in branches], dim=1)
+        biased = [i for i, b in enumerate(branches) if b.bias is not None]
+        if not biased:
+            return down, up, gate, None
+        return down, up, gate, (_cat([omegas[i] for i in biased], dim=1),
+                                _cat([branches[i].basis_bias() for i in biased], dim=0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         branches = list(self.adapters.values())
         if not branches:
             return y
-        gates = [b.gate(self.context) for b in branches]
-        down = _cat([b.down for b in branches], dim=0).to(x.dtype)
-        h = self._project(x, down)
-        h = h * self._per_sample(_cat(gates, dim=1).to(h.dtype), h.ndim)
-        delta = self._project(h, _cat([b.up for b in branches], dim=1).to(h.dtype))
-        biased = [i for i, b in enumerate(branches) if b.bias is not None]
-        if biased:
-            bias = _cat([branches[i].bias for i in biased], dim=0).to(delta.dtype)
-            shift = _cat([gates[i] for i in biased], dim=1).to(delta.dtype) @ bias
-            delta = delta + self._per_sample(shift, delta.ndim)
-        return y + delta
+        down, up, gate, bias = self._update(branches)
+        if self.matrix_route(x):
+            return self._features_last(x, y, down, up, gate, bias)
+        return self._channels_first(x, y, down, up, gate, bias)
+
+    def matrix_route(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` has its features last in memory (a Linear's input, a channels_last 4-D activation)."""
+        return self.features_last or (x.ndim == 4 and x.movedim(1, -1).is_contiguous() and not x.is_contiguous())
+
+    def _features_last(self, x: torch.Tensor, y: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                       gate: torch.Tensor, bias: OmegaBias) -> torch.Tensor:
+        moved = not self.features_last  # a channels_last 4-D activation seen as [N, H, W, C]
+        x_ = x.movedim(1, -1) if moved else x
+        y_ = y.movedim(1, -1) if moved else y
+        per_sample = [x_.shape[0], *([1] * (x_.ndim - 2)), -1]
+        h = F.linear(x_, down.to(x.dtype))
+        h = h * gate.to(h.dtype).reshape(per_sample)
+        if bias is not None:  # ω @ basis_bias as m more rank channels whose activation is ω itself
+            omega, basis_bias = bias
+            h = torch.cat([h, omega.to(h.dtype).reshape(per_sample).expand(*h.shape[:-1], -1)], dim=-1)
+            up = torch.cat([up, basis_bias.t()], dim=1)
+        flat_y, flat_h = y_.reshape(-1, y_.shape[-1]), h.reshape(-1, h.shape[-1]).to(y.dtype)
+        weight = up.t().to(y.dtype)
+        # y + h @ up^T in one GEMM (beta = 1). In place -- no copy of y -- when y is this projection's own
+        # output and no graph is recorded: under autograd, writing into a view of y costs copies in backward.
+        if self.in_place and not torch.is_grad_enabled():
+            out = flat_y.addmm_(flat_h, weight)
+        else:
+            out = torch.addmm(flat_y, flat_h, weight)
+        out = out.reshape(y_.shape)
+        return out.movedim(-1, 1) if moved else out
+
+    def _channels_first(self, x: torch.Tensor, y: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                        gate: torch.Tensor, bias: OmegaBias) -> torch.Tensor:
+        spatial = [1] * (x.ndim - 2)
+        h = _conv1x1(x, down.to(x.dtype))
+        h = h * gate.to(h.dtype).reshape(*gate.shape, *spatial)
+        delta = _conv1x1(h, up.to(h.dtype))
+        if bias is not None:
+            omega, basis_bias = bias
+            shift = omega.to(delta.dtype) @ basis_bias.to(delta.dtype)  # [N, d_out]
+            delta = delta.add_(shift.reshape(*shift.shape, *spatial))
+        return y.add_(delta) if self.in_place and delta.dtype == y.dtype else y + delta
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _conv1x1(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` ([out, in]) applied along dim 1 of a ``[N, C, ...]`` activation, as a kernel-1 convolution."""
+    return F.conv2d(x, matrix[:, :, None, None]) if x.ndim == 4 else F.conv1d(x, matrix[:, :, None])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loracli.nn import Conv2d, GroupNorm, Linear, PositionalEmbedding, attention
+from loracli.nn import Conv2d, GroupNorm, Linear, PositionalEmbedding, attention, merge_heads
 from loracli.registry import AttentionSite, ModelSpec, Preset
 
 
@@ -56,7 +56,7 @@ class AttentionBlock(nn.Module):
         # [n, 3, heads, hw, d], contiguous in d so SDPA can use its fused kernels
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).contiguous()
         a = attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])  # [n, heads, hw, d]
-        return x + self.proj(a.transpose(-1, -2).reshape(n, c, h, w))
+        return x + self.proj(merge_heads(a, like=x))
 
 
 class NanoUNet(nn.Module):

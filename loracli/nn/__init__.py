@@ -1,6 +1,6 @@
 """Layers shared by the base networks, with the reference code's initialisations and numerics."""
 
-from loracli.nn.attention import attention
+from loracli.nn.attention import attention, merge_heads
 from loracli.nn.layers import (
     Conv2d,
     FourierEmbedding,
@@ -10,4 +10,5 @@ from loracli.nn.layers import (
     weight_init,
 )
 
-__all__ = ["Conv2d", "FourierEmbedding", "GroupNorm", "Linear", "PositionalEmbedding", "attention", "weight_init"]
+__all__ = ["Conv2d", "FourierEmbedding", "GroupNorm", "Linear", "PositionalEmbedding", "attention", "merge_heads",
+           "weight_init"]

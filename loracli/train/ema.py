@@ -40,5 +40,6 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Move the average towards ``model``: ``ema = beta·ema + (1 − beta)·weights``."""
         weight = 1.0 - self.beta(step)
-        for average, current in zip(self.model.parameters(), model.parameters()):
-            average.lerp_(current.detach(), weight)
+        averages = list(self.model.parameters())
+        current = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(averages, current, weight)  # one multi-tensor kernel instead of one per parameter

@@ -194,6 +194,15 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.process.device)()
 
+    def class_vectors(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """One-hot class vectors on the device, as the ConditionedModel would make them from integers -- but
+        without its range check, which reads the labels back to the host (a sync per step, and a graph break
+        under --compile); ``setup.check_data_fits`` has already checked the data's classes."""
+        if not self.model.label_dim:
+            return None
+        labels = labels.to(self.process.device, non_blocking=True).long()
+        return torch.nn.functional.one_hot(labels, self.model.label_dim).to(torch.float32)
+
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimiser step over the global batch; returns this process's summed display loss (on device)."""
         seed, step, device = self.recipe["train"]["seed"], self.step, self.process.device
@@ -208,7 +217,7 @@ class Trainer:
             images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True) if self.model.label_dim else None
+            labels = self.class_vectors(labels)
             start = micro_batch_offset(self.process.rank, self.process.world, round_, self.micro_batch)
             last = round_ == self.rounds - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loracli.nn import Conv2d, GroupNorm, Linear, attention
+from loracli.nn import Conv2d, GroupNorm, Linear, attention, merge_heads
 
 
 def drop_labels(labels: torch.Tensor, p: float, batch: int) -> torch.Tensor:
@@ -97,6 +97,4 @@ class UNetBlock(nn.Module):
         return x
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = qkv.shape
-        a = attention(*split_qkv(qkv, self.num_heads))  # [N, heads, HW, C/heads]
-        return a.transpose(-1, -2).reshape(n, -1, height, width)
+        return merge_heads(attention(*split_qkv(qkv, self.num_heads)), like=qkv)
