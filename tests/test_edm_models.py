@@ -222,10 +222,12 @@ def test_seeded_initialisation_equals_the_reference(npz):
     torch.manual_seed(int(data["init_seed"]))
     state = build(**config).state_dict()
     assert list(state) == list(data["init_keys"])
-    np.testing.assert_allclose([v.double().sum().item() for v in state.values()], data["init_sum"], rtol=1e-12,
-                               atol=1e-12)
+    # Tolerances cover the summation order of parallel reductions (1e-10 relative seen with one thread against
+    # two); a different draw moves these sums by about the square root of the tensor size times its scale.
+    np.testing.assert_allclose([v.double().sum().item() for v in state.values()], data["init_sum"], rtol=1e-9,
+                               atol=1e-6)
     np.testing.assert_allclose([v.double().square().sum().item() for v in state.values()], data["init_sumsq"],
-                               rtol=1e-12)
+                               rtol=1e-9)
 
 
 def test_arch_shorthand_expands_as_train_py_and_explicit_keys_win():
