@@ -152,7 +152,7 @@ def recipe_toml(setting: dict[str, Any]) -> str:
              "ema_rampup_ratio": 0.05, "snapshot_every": max(1, steps // setting["snapshots"]),
              "log_every": max(1, min(50, steps // 40)), "device": setting["device"], "compile": setting["compile"]}
     tables = {"network": network, "train": train, "augment": {"p": 0}, "sample": {"images": 0}}
-    lines = ["# written by benchmarks/reproduce_small.py: the study's layer over configs/edm-cifar10.toml"]
+    lines = ["# written by benchmarks/reproduce_small.py: the study's layer over loracli/configs/edm-cifar10.toml"]
     for name, values in tables.items():
         lines += [f"[{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"

@@ -73,7 +73,7 @@ def test_class_lora_alone_makes_samples_differ_as_the_classes_do(train):
     sample_b = loracli.sample(net, seeds, class_labels=b, sampler="ddim", steps=25)
     # Per seed: the colour difference of its two samples, projected on the data's (1 = the data's difference).
     projection = (mean_colour(sample_a) - mean_colour(sample_b)) @ data_difference / data_difference.dot(data_difference)
-    # Measured here: 32/32 seeds point the data's way, mean projection about 0.4. Unwired adapters: all 0.
+    # Measured here: 32/32 seeds point the data's way, mean projection 0.35. Unwired adapters: all 0.
     assert (projection > 0).float().mean() >= 0.75, projection
     assert projection.mean() >= 0.15, projection
 
