@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 import benchlib
