@@ -23,6 +23,7 @@ import torch
 import loracli
 from loracli.data import BuiltinShapes
 from loracli.data.builtin import CLASSES
+from loracli.images import make_grid
 from loracli.io.atomic import atomic_path
 from loracli.seeds import parse_int_list
 
@@ -61,7 +62,7 @@ def plot(images: np.ndarray, lambdas: list[float], seeds: list[int], title: str,
     import matplotlib.pyplot as plt
 
     rows, cols, _, h, w = images.shape
-    grid = images.transpose(0, 3, 1, 4, 2).reshape(rows * h, cols * w, 3)
+    grid = make_grid(images.reshape(rows * cols, *images.shape[2:]), columns=cols)
     fig, ax = plt.subplots(figsize=(1.0 * cols + 0.8, 1.0 * rows + 0.9))
     ax.imshow(grid, interpolation="nearest")
     ax.set_xticks([(k + 0.5) * w - 0.5 for k in range(cols)], [f"{lam:g}" for lam in lambdas])

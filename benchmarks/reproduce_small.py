@@ -45,6 +45,7 @@ import small_classifier  # noqa: E402
 import loracli  # noqa: E402
 from loracli.data import open_dataset  # noqa: E402
 from loracli.diffusion.evaluate import held_out_loss, sigma_grid  # noqa: E402
+from loracli.images import make_grid  # noqa: E402
 from loracli.io.atomic import atomic_path, write_text  # noqa: E402
 
 ARMS = {  # name: (--cond, --only-lora)
@@ -98,8 +99,9 @@ def load_images(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     factor = data.resolution // resolution
     if factor * resolution != data.resolution:
         raise SystemExit(f"{path} is {data.resolution}x{data.resolution}; cannot box-filter it to {resolution}.")
-    images = np.stack([data[i][0] for i in range(len(data))])
-    labels = np.asarray([data[i][1] for i in range(len(data))], dtype=np.int64)
+    items = [data[i] for i in range(len(data))]
+    images = np.stack([image for image, _ in items])
+    labels = np.asarray([label for _, label in items], dtype=np.int64)
     if factor > 1:
         n = len(images)
         images = images.reshape(n, 3, resolution, factor, resolution, factor).astype(np.float32).mean(axis=(3, 5))
@@ -215,10 +217,11 @@ def step_times(arms: list[str], config: Path, data: Path, out: Path, repeats: in
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
-def evaluate_run(run_dir: Path, data: dict[str, Any], setting: dict[str, Any], classifier: Any,
+def evaluate_run(run_dir: Path, net: Any, data: dict[str, Any], setting: dict[str, Any], classifier: Any,
                  reference: tuple[np.ndarray, np.ndarray], detector: Any, fid_ref: Any, fid_num: int,
                  device: str) -> dict[str, Any]:
-    """Held-out curve over the snapshots, final held-out loss, CFD (and FID); cached in the run folder."""
+    """Held-out curve over the snapshots, final held-out loss, CFD (and FID) of the run's final network ``net``;
+    cached in the run folder."""
     cache = run_dir / "evaluation.json"
     record = json.loads(cache.read_text()) if cache.exists() else {}
     test_x = torch.from_numpy(data["test_x"])
@@ -229,7 +232,7 @@ def evaluate_run(run_dir: Path, data: dict[str, Any], setting: dict[str, Any], c
             net = loracli.load(snap).to(device)
             curve[step] = held_out_loss(net, test_x[:setting["curve_images"]], seed=HELD_OUT_SEED).mean
     record["curve"] = curve
-    net = loracli.load(run_dir / "ckpt.safetensors").to(device)
+    net = net.to(device)
     if "held_out" not in record:
         result = held_out_loss(net, test_x[:setting["eval_images"]], seed=HELD_OUT_SEED)
         record["held_out"] = {"mean": result.mean, "per_sigma": result.per_level.tolist()}
@@ -349,7 +352,7 @@ def plot_samples(runs: list[dict[str, Any]], summary: dict, path: Path) -> Path:
     rows = [np.asarray(next(r for r in runs if r["arm"] == arm)["preview"], dtype=np.uint8) for arm in summary]
     images = np.stack(rows)  # [arms, n, C, H, W]
     arms, n, _, h, w = images.shape
-    grid = images.transpose(0, 3, 1, 4, 2).reshape(arms * h, n * w, 3)
+    grid = make_grid(images.reshape(arms * n, *images.shape[2:]), columns=n)
     fig, ax = plt.subplots(figsize=(0.75 * n + 1.2, 0.75 * arms + 0.6))
     ax.imshow(grid, interpolation="nearest")
     ax.set_xticks([(k + 0.5) * w - 0.5 for k in range(n)], [str(k) for k in range(n)])
@@ -431,9 +434,9 @@ def main() -> None:
             run_dir = out / "runs" / f"{arm}-s{seed}"
             print(f"evaluating {run_dir.name} ...", flush=True)
             start = time.time()
-            record = evaluate_run(run_dir, data, setting, classifier, classifier_info["reference"], detector,
-                                  fid_ref, args.fid_num, device)
             net = loracli.load(run_dir / "ckpt.safetensors")
+            record = evaluate_run(run_dir, net, data, setting, classifier, classifier_info["reference"], detector,
+                                  fid_ref, args.fid_num, device)
             runs.append({"arm": arm, "seed": seed, "run": str(run_dir), "step": net.checkpoint["step"],
                          "params": sum(p.numel() for p in net.parameters()),
                          "adapter_params": sum(p.numel() for p in net.condition_parameters()),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from loracli.images import from_uint8
 from loracli.metrics.features import statistics
 from loracli.metrics.fid import frechet_distance
 
@@ -38,8 +39,7 @@ class SmallClassifier(nn.Module):
         self.head = nn.Linear(FEATURES, classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) / 127.5 - 1
-        return self.body(x).mean(dim=(2, 3))
+        return self.body(from_uint8(images)).mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

@@ -1,4 +1,4 @@
-"""Images out of a sampler: conversion to uint8 as EDM does it, PNG files and grids (atomic writes)."""
+"""Images in and out of the networks: uint8 <-> [-1, 1] as EDM does it, PNG files and grids (atomic writes)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from loracli.io.atomic import atomic_path
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """``[-1, 1]`` images -> uint8 as NVlabs/edm's generate.py: ``(x·127.5 + 128).clip(0, 255)`` truncated."""
     return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> fp32 in ``[-1, 1]``, as NVlabs/edm's training loop feeds them to the network."""
+    return x.to(torch.float32) / 127.5 - 1
 
 
 def seed_filename(seed: int, subdirs: bool = False) -> str:

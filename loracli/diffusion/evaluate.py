@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from loracli.diffusion.losses import EDMLoss
+from loracli.images import from_uint8
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def fixed_noise(seed: int, count: int, shape: Sequence[int]) -> torch.Tensor:
 def _as_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in 0..255 to the networks' [-1, 1]; float images are taken as already scaled."""
     images = torch.as_tensor(images)
-    return images.to(torch.float32) / 127.5 - 1 if images.dtype == torch.uint8 else images.to(torch.float32)
+    return from_uint8(images) if images.dtype == torch.uint8 else images.to(torch.float32)
 
 
 def held_out_loss(net: Any, images: torch.Tensor, labels: Any = None, levels: Sequence[float] | None = None,

@@ -24,6 +24,7 @@ from rich.console import Console
 from loracli.build import build_model
 from loracli.data.order import DataOrder, micro_batch_offset
 from loracli.errors import UserError
+from loracli.images import from_uint8, save_grid
 from loracli.io.atomic import write_text
 from loracli.io.checkpoint import save
 from loracli.runtime import autocast, choose_precision
@@ -214,7 +215,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for round_ in range(self.rounds):
             images, labels = next(batches)
-            images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+            images = from_uint8(images.to(device, non_blocking=True))
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = self.class_vectors(labels)
@@ -257,7 +258,6 @@ class Trainer:
 
     def sample_grid(self) -> Path | None:
         from loracli.generate import sample
-        from loracli.images import save_grid
 
         options = self.recipe["sample"]
         if not options["images"]:
