@@ -23,6 +23,7 @@ import torch
 import loracli
 from loracli.data import BuiltinShapes
 from loracli.data.builtin import CLASSES
+from loracli.errors import UserError
 from loracli.images import make_grid
 from loracli.io.atomic import atomic_path
 from loracli.seeds import parse_int_list
@@ -97,4 +98,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a missing file or a wrong checkpoint: one sentence, exit 1
+        raise SystemExit(f"error: {exc}") from None

@@ -45,6 +45,7 @@ import small_classifier  # noqa: E402
 import loracli  # noqa: E402
 from loracli.data import open_dataset  # noqa: E402
 from loracli.diffusion.evaluate import held_out_loss, sigma_grid  # noqa: E402
+from loracli.errors import UserError  # noqa: E402
 from loracli.images import make_grid  # noqa: E402
 from loracli.io.atomic import atomic_path, write_text  # noqa: E402
 
@@ -465,4 +466,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a missing file or a wrong checkpoint: one sentence, exit 1
+        raise SystemExit(f"error: {exc}") from None
