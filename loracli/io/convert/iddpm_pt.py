@@ -1,7 +1,7 @@
 """improved-diffusion ``.pt`` state dicts (``model*.pt``, ``ema_<rate>_*.pt``) as a conversion source.
 
-The files hold only a state dict of tensors (train_util.py's ``torch.save``), read with
-``torch.load(weights_only=True)``: nothing from the file can run. They store no configuration, so it is read
+The files hold only a state dict of tensors (train_util.py's ``torch.save``), read by loracli's bounded
+reader of torch files (``torch_archive``) with the restricted unpickler: nothing from the file can run. They store no configuration, so it is read
 back from the tensor shapes -- ``model_channels``, ``channel_mult``, ``num_res_blocks``, where attention sits,
 ``learn_sigma``, ``label_dim``, ``use_scale_shift_norm``, image channels -- and the rest comes from options:
 
@@ -27,7 +27,8 @@ from loracli.diffusion.gaussian import check_schedule
 from loracli.errors import UserError
 from loracli.io.checkpoint import describe_key_mismatch
 from loracli.io.convert.base import ForeignCheckpoint, file_sha256
-from loracli.io.convert.unpickle import torch_zip_pickle
+from loracli.io.convert.torch_archive import read_torch_file, torch_zip_pickle
+from loracli.io.convert.unpickle import ForbiddenGlobal, refusal
 from loracli.models.iddpm import SPEC, IDDPMUNet
 
 FORMAT = "iddpm-pt"
@@ -56,13 +57,13 @@ def detect(path: Path) -> bool:
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The file's state dict, or a UserError saying what the file is instead."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        obj = read_torch_file(path)
+    except ForbiddenGlobal:
         raise UserError(f"'{path}' holds pickled Python objects, not a plain state dict of tensors; loracli reads "
                         "improved-diffusion's model*.pt and ema_*.pt files (for NVlabs/edm, convert the "
-                        "network-snapshot .pkl instead).") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"'{path}' could not be read as a PyTorch checkpoint (truncated or corrupt?): {exc}.") from None
+                        "network-snapshot .pkl instead); nothing from the file ran.") from None
+    except Exception as exc:  # noqa: BLE001 -- whatever a hostile file makes the reader raise is one sentence
+        raise refusal(path, exc) from None
     if isinstance(obj, Mapping) and {"state", "param_groups"} <= set(obj):
         raise UserError(f"'{path}' is an optimizer state (improved-diffusion's opt*.pt), not a network; convert the "
                         "model*.pt or ema_<rate>_*.pt file of the same step.")

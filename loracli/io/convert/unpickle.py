@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 
 from loracli.errors import UserError
+from loracli.io.convert.pickle_scan import UnsafePickle, scan
+from loracli.io.convert.torch_archive import torch_zip_pickle  # noqa: F401 -- re-exported for the readers
 
 # Non-persistent torch.nn classes that EDM-style networks contain, by qualified name.
 INERT_CLASSES: frozenset[str] = frozenset({
@@ -112,26 +114,55 @@ class _StorageType:
 
 
 def _numpy_scalar() -> Callable[..., Any]:
+    """numpy's ``multiarray.scalar``, for plain (not object) dtypes with exactly their bytes."""
+    import numpy as np
+
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 and numpy 1 spellings
         try:
-            return importlib.import_module(module).scalar
+            scalar = importlib.import_module(module).scalar
         except (ImportError, AttributeError):
             continue
+
+        def checked(dtype: Any, data: Any = None) -> Any:
+            if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
+                    or len(data) != dtype.itemsize:
+                raise pickle.UnpicklingError("a malformed numpy scalar")
+            return scalar(dtype, data)
+
+        return checked
     raise ImportError("numpy has no multiarray.scalar")
 
 
 def _storage_from_bytes(data: bytes) -> Any:
-    """``torch.storage._load_from_bytes`` without its ``weights_only=False``: the blob holds only a storage."""
-    try:
-        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found:  # torch's own allow-list refused a global inside the blob
-            raise ForbiddenGlobal(found.group(1)) from None
-        raise
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
+    """``torch.storage._load_from_bytes`` read by loracli's own bounded reader of torch's legacy format (torch's
+    loader would unpickle the blob without limits); the blob must hold one storage."""
+    from loracli.io.convert.torch_archive import read_legacy
+
+    storage = read_legacy(bytes(data))
+    if not isinstance(storage, torch.storage.TypedStorage):
         raise pickle.UnpicklingError("a storage blob holds something other than a storage")
     return storage
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor_v2`` once the view is checked to lie inside its storage: torch's own
+    would grow the storage to fit whatever size the file declares."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError("a tensor without a storage")
+    ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+    if ints is None or len(size) != len(stride) or len(size) > 16 or not all(
+            type(v) is int and v >= 0 for v in ints):
+        raise pickle.UnpicklingError("a tensor with a malformed shape")
+    end = offset + (sum((n - 1) * s for n, s in zip(size, stride)) + 1 if all(size) else 0)
+    if end > storage.size():
+        raise pickle.UnpicklingError(f"a tensor reaches past its storage ({end:,} > {storage.size():,} elements)")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> torch.nn.Parameter:
+    if not isinstance(data, torch.Tensor) or not isinstance(requires_grad, bool):
+        raise pickle.UnpicklingError("a parameter without a tensor")
+    return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
 
 
 def _base_globals() -> dict[str, Any]:
@@ -140,8 +171,8 @@ def _base_globals() -> dict[str, Any]:
     scalar = _numpy_scalar()
     found: dict[str, Any] = {
         "collections.OrderedDict": collections.OrderedDict,
-        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-        "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+        "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
+        "torch._utils._rebuild_parameter": _rebuild_parameter,
         "torch.storage._load_from_bytes": _storage_from_bytes,
         "torch_utils.persistence._reconstruct_persistent_obj": PersistentRecord,
         "dnnlib.util.EasyDict": EasyDict,
@@ -190,80 +221,67 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._persistent_load(pid)
 
 
-def _zip_storage_loader(archive: zipfile.ZipFile, prefix: str) -> Callable[[Any], Any]:
-    """``persistent_load`` for a torch zip archive: ``('storage', type, key, location, numel)`` -> storage."""
-    loaded: dict[str, Any] = {}
-
-    def load(pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
-            raise pickle.UnpicklingError("unexpected persistent id in a torch archive")
-        key = pid[2]
-        if key not in loaded:
-            data = bytearray(archive.read(f"{prefix}data/{key}"))
-            untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else torch.UntypedStorage(0)
-            loaded[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=pid[1].dtype, _internal=True)
-        return loaded[key]
-
-    return load
-
-
 def is_torch_zip(path: str | Path) -> bool:
     """A complete zip archive (what ``torch.save`` writes); a truncated one is not."""
     return zipfile.is_zipfile(path)
 
 
-def torch_zip_pickle(archive: zipfile.ZipFile) -> str:
-    """The name of the pickle inside a torch zip archive (``<archive>/data.pkl``)."""
-    names = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(names) != 1:
-        raise pickle.UnpicklingError("not a torch archive (no single <name>/data.pkl)")
-    return names[0]
-
-
-def loads(data: bytes | io.BufferedIOBase, inert_classes: Iterable[str] = (),
+def loads(data: bytes | memoryview | io.BufferedIOBase, inert_classes: Iterable[str] = (),
           extra_globals: Mapping[str, Any] | None = None,
-          persistent_load: Callable[[Any], Any] | None = None) -> Any:
-    """Unpickle ``data`` (bytes or a binary file) under the allow-list; raises pickle/EOF/torch errors."""
-    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+          persistent_load: Callable[[Any], Any] | None = None, checked: bool = False) -> Any:
+    """Unpickle ``data`` (bytes or a binary file) under the allow-list, after :func:`pickle_scan.scan` has
+    checked it (``checked``: the caller did); raises pickle/EOF/torch errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = data.read()
+    if not checked:
+        scan(data)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        return RestrictedUnpickler(file, inert_classes, extra_globals, persistent_load).load()
+        return RestrictedUnpickler(io.BytesIO(data), inert_classes, extra_globals, persistent_load).load()
 
 
 def load_file(path: str | Path, inert_classes: Iterable[str] = (),
               extra_globals: Mapping[str, Any] | None = None) -> Any:
     """The object pickled in ``path`` -- a plain pickle or a torch zip archive -- under the allow-list.
 
-    Every failure is a :class:`UserError` of one sentence: a forbidden global (nothing was run), or a
-    truncated/corrupt file.
+    Every failure is a :class:`UserError` of one sentence: a forbidden global (nothing was run), a stream
+    built to exhaust the reader (refused before unpickling), or a truncated/corrupt file.
     """
+    from loracli.io.convert.torch_archive import read_zip
+
     path = Path(path)
+
+    def big_endian() -> UserError:
+        return UserError(f"'{path}' was saved on a big-endian machine, which loracli cannot read.")
+
     try:
         with open(path, "rb") as f:
             is_zip = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
         if is_zip:
-            with zipfile.ZipFile(path) as archive:
-                name = torch_zip_pickle(archive)
-                prefix = name[: -len("data.pkl")]
-                byteorder = f"{prefix}byteorder"
-                if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-                    raise UserError(f"'{path}' was saved on a big-endian machine, which loracli cannot read.")
-                with archive.open(name) as pkl:
-                    return loads(pkl, inert_classes, extra_globals, _zip_storage_loader(archive, prefix))
-        with open(path, "rb") as f:
-            return loads(f, inert_classes, extra_globals)
-    except ForbiddenGlobal as exc:
-        raise UserError(
-            f"'{path}' asks to run '{exc.name}', which a network checkpoint never needs; it was refused "
-            "before anything from the file ran."
-        ) from None
-    except OSError as exc:
-        raise UserError(f"'{path}' cannot be read ({exc.strerror or exc}).") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError, ValueError,
-            TypeError, AttributeError, IndexError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"'{path}' is truncated or corrupt and cannot be read ({detail}).") from None
+            return read_zip(path, inert_classes, extra_globals, big_endian)
+        return loads(path.read_bytes(), inert_classes, extra_globals)
+    except Exception as exc:  # noqa: BLE001 -- whatever a hostile file makes the reader raise is one sentence
+        raise refusal(path, exc) from None
+
+
+def refusal(path: Path, exc: BaseException) -> UserError:
+    """The one-sentence :class:`UserError` for a reader failure on ``path``."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, ForbiddenGlobal):
+        return UserError(f"'{path}' asks to run '{exc.name}', which a network checkpoint never needs; it was "
+                         "refused before anything from the file ran.")
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, UnsafePickle):
+        return UserError(f"'{path}' is truncated or corrupt, or built to exhaust the reader ({detail}); it was "
+                         "refused before anything was unpickled.")
+    if isinstance(exc, RecursionError):
+        return UserError(f"'{path}' nests its objects too deeply to be a network checkpoint; it was refused.")
+    if isinstance(exc, MemoryError):
+        return UserError(f"'{path}' declares more data than fits in memory; it was refused.")
+    if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile):
+        return UserError(f"'{path}' cannot be read ({exc.strerror or detail}).")
+    return UserError(f"'{path}' is truncated or corrupt and cannot be read ({detail}).")
 
 
 def state_dict(record: Record, prefix: str = "") -> dict[str, torch.Tensor]:
