@@ -79,6 +79,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     """Refuse conditioning a model cannot take, with the reason, before anything is built."""
     spec = registry.get_model(config["model"])
     model_config = config["model_config"]
+    preset = config.get("preset")
+    if preset is not None and preset not in spec.presets:
+        raise UserError(f"Model '{spec.name}' has no preset '{preset}'; presets: {', '.join(spec.presets)}.")
     for n in config["cond"]:
         cs = registry.get_condition(n)
         if spec.family not in cs.families:

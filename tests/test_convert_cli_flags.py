@@ -22,7 +22,7 @@ def test_rescale_timesteps_and_schedule_flags(cli, tmp_path):
 def test_bad_boolean_is_one_sentence(cli, tmp_path):
     out = tmp_path / "b.safetensors"
     result = cli("convert", PT, out, "--rescale_timesteps", "maybe")
-    assert result.exit_code == 2 and "--rescale_timesteps takes True or False" in result.output
+    assert result.exit_code == 2 and "--rescale-timesteps takes True or False" in result.output
     assert not out.exists()
 
 

@@ -215,7 +215,7 @@ def test_cli_round_trip_then_load_gives_the_same_outputs(snapshots, tmp_path, cl
 
 def test_options_of_another_format_are_refused(snapshots, tmp_path, cli):
     result = cli("convert", snapshots["ddpmpp-vp"], tmp_path / "out.safetensors", "--num_heads", "4")
-    assert result.exit_code == 2 and "--num_heads does not apply to edm-pickle" in result.output
+    assert result.exit_code == 2 and "--num-heads does not apply to edm-pickle" in result.output
     result = cli("convert", snapshots["ddpmpp-vp"], tmp_path / "out.safetensors", "--bases", "4")
     assert result.exit_code == 2 and "--cond" in result.output
 

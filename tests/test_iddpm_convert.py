@@ -152,7 +152,7 @@ def test_keys_or_shapes_that_do_not_fit_are_listed(tmp_path, edit, message):
     (dict(class_cond=False), "class_cond=True"),
     (dict(num_heads=3), "attention heads do not divide"),
     (dict(noise_schedule="sigmoid"), "noise schedule 'sigmoid'"),
-    (dict(image_size=None), "--image_size"),
+    (dict(image_size=None), "--image-size"),
     (dict(image_size=15), "cannot be halved"),
 ])
 def test_options_that_contradict_the_file_are_user_errors(options, message):

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -14,20 +13,21 @@ from rich.table import Table
 from loracli.cli.common import handle_errors
 
 
-def summarize(path: Path) -> dict[str, Any]:
-    """The checkpoint's config, provenance, adapted layers and parameter counts, without loading its tensors.
+def summarize(path: Path, allow_nonfinite: bool = False) -> dict[str, Any]:
+    """The checkpoint's config, provenance, adapted layers and parameter counts, after the checks ``load``
+    makes (a broken file is a UserError).
 
     The network is rebuilt from the config on the meta device (shapes only, instant even for large models)
-    and its state-dict keys are compared with the file's tensor table.
+    and the file's tensor table must match its names, shapes and dtypes; the weights are then read one
+    tensor at a time to refuse NaN or Inf (unless ``allow_nonfinite``).
     """
-    from loracli.build import build_model
     from loracli.conditioning.inject import lora_projections
-    from loracli.io.checkpoint import read_header, read_metadata
+    from loracli.io.checkpoint import inspect_checkpoint, scan_finite
 
-    info = read_metadata(path)
-    tensors = {k for k in read_header(path) if k != "__metadata__"}
-    with torch.device("meta"):
-        model = build_model(info["config"])
+    info, header, model = inspect_checkpoint(path)
+    tensors = {k for k in header if k != "__metadata__"}
+    if not allow_nonfinite:
+        scan_finite(path)
     layers = []
     for name, layer in lora_projections(model.net).items():
         layers.append({
@@ -108,14 +108,18 @@ def _print(summary: dict[str, Any], out: Console) -> None:
 def command(
     ckpt: Annotated[Path, typer.Argument(help="A loracli checkpoint (.safetensors).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Describe the file even if weights hold NaN or Inf.")] = False,
 ) -> None:
     """Show a checkpoint's model, conditioning, adapted layers and parameter counts.
+
+    It checks the file as `loracli.load` does (header, config, tensor names, shapes and dtypes, NaN/Inf
+    weights) and exits with code 2 and one sentence if the file is broken.
 
     Example:
 
       loracli info runs/nano/ckpt.safetensors
     """
-    summary = summarize(ckpt)
+    summary = summarize(ckpt, allow_nonfinite)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
     else:

@@ -10,16 +10,13 @@ import copy
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from loracli import registry
 from loracli.build import add_conditions, build_model, parse_cond, resolve_config
 from loracli.data import ImageDataset, Mirrored, open_dataset
 from loracli.data.augment import AugmentPipe
 from loracli.diffusion.losses import LOSSES
 from loracli.errors import UserError
-from loracli.io.checkpoint import load_state, read_metadata
+from loracli.io.checkpoint import inspect_checkpoint, load_state, read_metadata, read_tensors
 from loracli.train.ema import EMA
 from loracli.train.objective import DDPMObjective, EDMObjective
 
@@ -114,12 +111,9 @@ def _from_checkpoint(recipe: Mapping[str, Any], names: list[str], dataset: Image
     for key in TRAINING_ONLY_NETWORK_KEYS:
         if key in recipe["network"] and key in config["model_config"]:
             config["model_config"][key] = recipe["network"][key]
+    inspect_checkpoint(path)  # header, config and tensor table checked before anything is built or read
     model = build_model(config)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"'{path}' could not be read as safetensors: {exc}.") from None
-    load_state(model, tensors, str(path))
+    load_state(model, read_tensors(path), str(path))
     new = [n for n in names if n not in config["cond"]]
     if new:
         add_conditions(model, new, **recipe["cond_options"])

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from loracli.errors import UserError
-from loracli.io.atomic import atomic_path
+from loracli.io.atomic import atomic_path, remove_stale_temps
+from loracli.io.checkpoint import (build_skeleton, check_config_types, check_fits, read_header, read_tensors,
+                                   state_tensors, tensor_table)
 from loracli.io.checkpoint import load_state as load_module_state
-from loracli.io.checkpoint import state_tensors
 
 STATE_FILE = "state.safetensors"
 CHECKPOINT_FILE = "ckpt.safetensors"
@@ -110,20 +110,35 @@ class RunState:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def read_state(path: Path) -> RunState:
-    """Read ``state.safetensors`` (safetensors only; nothing from the file is executed)."""
+def read_state(path: Path, allow_nonfinite: bool = False) -> RunState:
+    """Read ``state.safetensors`` (safetensors only; nothing from the file is executed).
+
+    The header and the build config are checked and the weights compared with the network on the meta device
+    before any tensor is read; NaN or infinite values are refused unless ``allow_nonfinite``. Temporary files
+    that killed writes left in the run folder are removed.
+    """
     if not path.is_file():
         raise UserError(f"No training state at '{path}'; resume needs a run folder written by `loracli train`.")
+    remove_stale_temps(path.parent)
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
     try:
-        tensors = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError("not a loracli training state")
-        return RunState(path, int(meta["step"]), json.loads(meta["model_config"]), json.loads(meta["recipe"]),
-                        tensors, json.loads(meta["param_groups"]), json.loads(meta["optim_scalars"]))
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        state = RunState(path, int(meta["step"]), json.loads(meta["model_config"]), json.loads(meta["recipe"]),
+                         {}, json.loads(meta["param_groups"]), json.loads(meta["optim_scalars"]))
+        if not (isinstance(state.recipe, dict) and isinstance(state.param_groups, list)
+                and isinstance(state.optim_scalars, dict)):
+            raise ValueError("malformed metadata")
+        check_config_types(state.model_config)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UserError(f"'{path}' is not a readable loracli training state ({exc}); it may be damaged.") from None
+    skeleton = build_skeleton(state.model_config, str(path))
+    table = tensor_table(header)
+    for section in ("model.", "ema."):
+        check_fits(skeleton, {k[len(section):]: v for k, v in table.items() if k.startswith(section)}, str(path))
+    state.tensors = read_tensors(path, allow_nonfinite)
+    return state
 
 
 def publish(snapshot: Path, target: Path) -> None:

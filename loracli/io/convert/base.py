@@ -80,7 +80,7 @@ def _check_options(fmt: str, reader: Any, options: dict[str, Any]) -> None:
         return
     unknown = sorted(k for k in options if k not in params)
     if unknown:
-        flags = ", ".join(f"--{k}" for k in unknown)
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in unknown)
         raise UserError(f"{flags} does not apply to {fmt} files; leave it out.")
 
 
@@ -91,18 +91,25 @@ def read_any(path: str | Path, **options: Any) -> ForeignCheckpoint:
     reader = _format_module(fmt).read
     options = {k: v for k, v in options.items() if v is not None}
     _check_options(fmt, reader, options)
-    return reader(path, **options)
+    try:
+        return reader(path, **options)
+    except Exception as exc:  # noqa: BLE001 -- whatever a hostile file makes a reader raise is one sentence
+        from loracli.io.convert.unpickle import refusal
+
+        raise refusal(path, exc) from None
 
 
-def convert_model(src: str | Path, cond: Any = None, **options: Any) -> Any:
+def convert_model(src: str | Path, cond: Any = None, allow_nonfinite: bool = False, **options: Any) -> Any:
     """The loracli network (a ConditionedModel) holding the weights of ``src``; ``cond`` adds conditioning.
 
     ``options`` go to the format reader (e.g. ``key`` for EDM pickles, ``num_heads`` for improved-diffusion)
-    or, for the added conditioning, to its variants (``lora_rank``, ``bases``, ...).
+    or, for the added conditioning, to its variants (``lora_rank``, ``bases``, ...). The network the file
+    describes is checked against its tensors on the meta device before it is built; NaN or infinite weights
+    are refused unless ``allow_nonfinite``.
     """
     from loracli import registry
     from loracli.build import CONFIG_FORMAT, add_conditions, build_model, parse_cond
-    from loracli.io.checkpoint import load_state
+    from loracli.io.checkpoint import build_skeleton, check_finite, check_fits, load_state
 
     options = {k: v for k, v in options.items() if v is not None}
     cond_keys = {k for n in parse_cond(cond) for k in registry.get_condition(n).defaults}
@@ -126,6 +133,19 @@ def convert_model(src: str | Path, cond: Any = None, **options: Any) -> Any:
         "only_lora": foreign.only_lora,
         "sampling": dict(spec.presets[foreign.preset].sampling) if foreign.preset in spec.presets else {},
     }
+    try:
+        table = {k: (tuple(v.shape), v.dtype) for k, v in foreign.state_dict.items()}
+    except AttributeError:
+        raise UserError(f"'{src}' holds something other than tensors where its weights should be.") from None
+    check_fits(build_skeleton(config, str(src)), table, str(src), exact_dtype=False)
+    if not allow_nonfinite:
+        for name, tensor in foreign.state_dict.items():
+            check_finite(name, tensor, str(src))
+    needs_labels = [n for n in parse_cond(cond) if "labels" in registry.get_condition(n).needs]
+    if needs_labels and not foreign.model_config.get("label_dim"):
+        raise UserError(f"Conditioning '{needs_labels[0]}' needs class labels, but '{src}' is an unconditional "
+                        "network; convert a class-conditional checkpoint, or use a variant that needs no labels "
+                        "(e.g. uc-lora).")
     model = build_model(config)
     load_state(model, foreign.state_dict, str(src))
     if cond:

@@ -154,7 +154,7 @@ def _image_size(path: Path, mult: tuple[int, ...], image_size: int | None) -> in
     if image_size is None:
         if mult not in _RESOLUTION_OF_MULT:
             raise UserError(f"'{path}' has channel_mult {','.join(map(str, mult))}, which improved-diffusion uses for "
-                            "no standard image size; pass the size it was trained at (image_size, --image_size).")
+                            "no standard image size; pass the size it was trained at (image_size, --image-size).")
         return _RESOLUTION_OF_MULT[mult]
     if int(image_size) % 2 ** (len(mult) - 1):
         raise UserError(f"Image size {image_size} cannot be halved {len(mult) - 1} times as channel_mult needs.")
