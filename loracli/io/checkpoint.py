@@ -41,12 +41,16 @@ def _check_file(path: Path) -> None:
         raise UserError(f"'{path}' is a folder; pass the checkpoint file inside it (*.safetensors).")
 
 
+class _DuplicateName(Exception):
+    pass
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads`` hook: a name given twice is an error, not "the last one wins"."""
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise ValueError(f"the name '{key}' appears twice")
+            raise _DuplicateName(f"the name '{key[:100]}' appears twice")
         found[key] = value
     return found
 
@@ -91,6 +95,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise UserError(f"'{path}' is not a safetensors checkpoint (its header is unreadable).")
         try:
             header = json.loads(f.read(n), object_pairs_hook=_unique_keys)
+        except _DuplicateName as exc:
+            raise UserError(f"'{path}' is not a valid safetensors checkpoint: {exc}.") from None
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise UserError(f"'{path}' is not a safetensors checkpoint (its header is unreadable).") from None
     if not isinstance(header, dict):
@@ -186,7 +192,10 @@ def build_skeleton(config: Mapping[str, Any], source: str) -> Any:
     try:
         with _SizedOnMeta():
             return build_model(config)
-    except UserError:
+    except UserError as exc:  # keep it one sentence when it quotes a long error of torch's
+        lines = str(exc).strip().splitlines()
+        if len(lines) > 1:
+            raise UserError(lines[0].rstrip(":, ") + ").") from None
         raise
     except Exception as exc:  # noqa: BLE001 -- a config from a file is user input
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
