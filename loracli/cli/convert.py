@@ -61,8 +61,8 @@ def command(
 
     EDM pickles and torch .pt files are read by loracli's own bounded reader and a restricted unpickler: the
     code they embed is never run, and a file naming anything beyond network data, or built to exhaust the
-    reader, is refused (see docs/security.md). The underscore spellings of the improved-diffusion flags
-    (--num_heads, ...) still work.
+    reader, is refused (see docs/security.md). The improved-diffusion flags also take their older underscore
+    spellings. An existing folder as DST gets SRC's name with the .safetensors suffix.
 
     Examples:
 
