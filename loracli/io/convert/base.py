@@ -74,7 +74,7 @@ def detect_format(path: Path) -> str:
 
 
 def _check_options(fmt: str, reader: Any, options: dict[str, Any]) -> None:
-    """Refuse options the format's reader does not take (e.g. ``--num_heads`` for an EDM pickle)."""
+    """Refuse options the format's reader does not take (e.g. ``--num-heads`` for an EDM pickle)."""
     params = inspect.signature(reader).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
