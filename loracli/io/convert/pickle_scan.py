@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+from typing import BinaryIO
 
 MAX_DEPTH = 100
 MAX_OPCODES = 50_000_000
@@ -59,12 +60,15 @@ def _before(op: pickletools.OpcodeInfo) -> tuple[bool, int]:
     return False, len(items)
 
 
-def scan(data: bytes | memoryview, start: int = 0) -> int:
-    """Check the pickle that starts at ``data[start]``; return the offset just past its ``STOP``.
+def scan(data: bytes | memoryview | BinaryIO, start: int = 0) -> int:
+    """Check the pickle that starts at offset ``start`` of ``data`` (bytes, or a seekable binary stream such as
+    an mmap); return the offset just past its ``STOP``.
 
     Raises :class:`UnsafePickle` saying what is wrong; never allocates in proportion to a declared size.
     """
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
     stream.seek(start)
     stack: list[_Node] = []
     marks: list[int] = []
@@ -83,7 +87,7 @@ def scan(data: bytes | memoryview, start: int = 0) -> int:
             if name == "MARK":
                 marks.append(len(stack))
                 continue
-            if name == "FRAME" and int(arg) > len(data) - stream.tell():
+            if name == "FRAME" and int(arg) > size - stream.tell():
                 raise UnsafePickle(f"a frame of {arg:,} bytes is longer than the rest of the stream")
             if name == "DUP":
                 if not stack:

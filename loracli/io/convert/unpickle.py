@@ -27,7 +27,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -226,18 +226,18 @@ def is_torch_zip(path: str | Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def loads(data: bytes | memoryview | io.BufferedIOBase, inert_classes: Iterable[str] = (),
+def loads(data: bytes | memoryview | BinaryIO, inert_classes: Iterable[str] = (),
           extra_globals: Mapping[str, Any] | None = None,
           persistent_load: Callable[[Any], Any] | None = None, checked: bool = False) -> Any:
-    """Unpickle ``data`` (bytes or a binary file) under the allow-list, after :func:`pickle_scan.scan` has
-    checked it (``checked``: the caller did); raises pickle/EOF/torch errors."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        data = data.read()
+    """Unpickle ``data`` (bytes, or a seekable binary file read from its start) under the allow-list, after
+    :func:`pickle_scan.scan` has checked it (``checked``: the caller did); raises pickle/EOF/torch errors."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if not checked:
-        scan(data)
+        scan(stream)
+    stream.seek(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-        return RestrictedUnpickler(io.BytesIO(data), inert_classes, extra_globals, persistent_load).load()
+        return RestrictedUnpickler(stream, inert_classes, extra_globals, persistent_load).load()
 
 
 def load_file(path: str | Path, inert_classes: Iterable[str] = (),
@@ -259,7 +259,8 @@ def load_file(path: str | Path, inert_classes: Iterable[str] = (),
             is_zip = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
         if is_zip:
             return read_zip(path, inert_classes, extra_globals, big_endian)
-        return loads(path.read_bytes(), inert_classes, extra_globals)
+        with open(path, "rb") as f:
+            return loads(f, inert_classes, extra_globals)  # scanned, then read, from the file: never copied whole
     except Exception as exc:  # noqa: BLE001 -- whatever a hostile file makes the reader raise is one sentence
         raise refusal(path, exc) from None
 
