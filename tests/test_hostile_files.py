@@ -176,6 +176,8 @@ def cases(marker: Path) -> dict[str, tuple[str, bytes]]:
     out["zip pt: compressed record bomb"] = ("model.pt", torch_zip(proto(2, tensor_of(storage_pid(1 << 20), 4)),
                                                                     {"0": b"\0" * (4 << 20)}, marker=False,
                                                                     compress=zipfile.ZIP_DEFLATED))
+    lora_pkl = proto(2, lora_marker + b"0N") + b"\0" * (64 << 20)  # inflates to 64 MiB if anything opens it
+    out["zip pt: compressed data.pkl bomb"] = ("lora.pt", torch_zip(lora_pkl, compress=zipfile.ZIP_DEFLATED))
     out["zip pt: truncated"] = ("model.pt", torch_zip(proto(2, tensor_of(storage_pid(4), 4)), {"0": b"\0" * 16},
                                                       marker=False)[:-40])
     legacy_pid = storage_pid(huge, legacy_form=True)

@@ -44,8 +44,12 @@ def detect(path: Path) -> bool:
     """A pickle (or torch archive) that references ``training.lora.LoraInjectedConv``."""
     try:
         if is_torch_zip(path):
-            with zipfile.ZipFile(path) as archive, archive.open(torch_zip_pickle(archive)) as pkl:
-                return _has_markers(pkl.read())
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo(torch_zip_pickle(archive))
+                if info.compress_type != zipfile.ZIP_STORED:  # never inflate a record just to look at it
+                    return False
+                with archive.open(info) as pkl:
+                    return _has_markers(pkl.read(path.stat().st_size))
         with open(path, "rb") as f:
             if f.read(1) != b"\x80":
                 return False
