@@ -147,3 +147,32 @@ def test_class_conditioning_on_an_unconditional_network_says_what_to_do(tmp_path
     result = cli("convert", src, tmp_path / "out.safetensors", "--cond", "class-lora")
     assert result.exit_code == 2 and "unconditional network" in result.output
     assert "--label-dim" not in result.output and not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("edit", ["optimiser tensor of another shape", "weights of another dtype", "config a list"])
+def test_resume_refuses_a_tampered_state_in_one_sentence(edit, tmp_path, cli):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from loracli.train.loop import Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_recipe(train={"steps": 1, "snapshot_every": 100}), run)
+    trainer.run()
+    trainer.close()
+    state = run / "state.safetensors"
+    tensors = load_file(str(state))
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+    if edit == "optimiser tensor of another shape":
+        key = next(k for k in tensors if k.startswith("optim.") and tensors[k].dim())
+        tensors[key] = torch.zeros(3)
+    elif edit == "weights of another dtype":
+        key = next(k for k in tensors if k.startswith("model.") and tensors[k].is_floating_point())
+        tensors[key] = tensors[key].double()
+    else:
+        meta["model_config"] = "[]"
+    save_file(tensors, str(state), metadata=meta)
+    result = cli("train", "nano", "--cond", "time-lora", "--resume", "--outdir", run, "--steps", "2")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) <= 2

@@ -96,12 +96,18 @@ class RunState:
     def restore(self, model: torch.nn.Module, ema_model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         load_module_state(model, self.section("model."), str(self.path))
         load_module_state(ema_model, self.section("ema."), str(self.path))
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         state: dict[int, dict[str, Any]] = {}
-        for key, value in self.section("optim.").items():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-        for index, entries in self.optim_scalars.items():
-            state.setdefault(int(index), {}).update(entries)
+        try:
+            for key, value in self.section("optim.").items():
+                index, name = key.split(".", 1)
+                if not 0 <= int(index) < len(params) or (value.dim() and value.shape != params[int(index)].shape):
+                    raise ValueError(f"optimiser tensor {key} fits no trained parameter")
+                state.setdefault(int(index), {})[name] = value
+            for index, entries in self.optim_scalars.items():
+                state.setdefault(int(index), {}).update(entries)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UserError(f"'{self.path}' is not a readable loracli training state ({exc}); it may be damaged.") from None
         current = optimizer.state_dict()["param_groups"]
         if len(current) != len(self.param_groups):
             raise UserError(f"'{self.path}' was saved with another set of trained parameters; start a new run.")
