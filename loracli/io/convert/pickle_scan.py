@@ -7,7 +7,7 @@ size that lies about the bytes behind it fails deep inside the reader. :func:`sc
 :func:`pickletools.genops` (whose argument readers never read past the data they are given, so a declared
 size larger than the rest of the stream is an error, not an allocation) and simulates the stack and memo:
 
-- nesting depth of containers and objects at most :data:`MAX_DEPTH` (real network pickles nest about 20
+- nesting depth of containers and objects at most :data:`MAX_DEPTH` (real network pickles nest 30 to 40
   deep); a tuple's depth is exact, since its items are fixed when it is built, so no tuple handed to ``hash``
   is deeper than the bound. Containers grown later through the memo are tracked per object; whatever
   nesting slips past that is caught as a ``RecursionError`` by the readers;
@@ -62,7 +62,7 @@ def _before(op: pickletools.OpcodeInfo) -> tuple[bool, int]:
 
 def scan(data: bytes | memoryview | BinaryIO, start: int = 0) -> int:
     """Check the pickle that starts at offset ``start`` of ``data`` (bytes, or a seekable binary stream such as
-    an mmap); return the offset just past its ``STOP``.
+    an open file); return the offset just past its ``STOP``.
 
     Raises :class:`UnsafePickle` saying what is wrong; never allocates in proportion to a declared size.
     """

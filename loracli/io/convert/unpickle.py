@@ -145,8 +145,9 @@ def _storage_from_bytes(data: bytes) -> Any:
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` once the view is checked to lie inside its storage: torch's own
-    would grow the storage to fit whatever size the file declares."""
+    """``torch._utils._rebuild_tensor_v2`` once the view is checked to lie inside its storage (torch's own would
+    grow the storage to fit whatever size the file declares); backward hooks and metadata from the file are
+    dropped."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise pickle.UnpicklingError("a tensor without a storage")
     ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
@@ -156,7 +157,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: An
     end = offset + (sum((n - 1) * s for n, s in zip(size, stride)) + 1 if all(size) else 0)
     if end > storage.size():
         raise pickle.UnpicklingError(f"a tensor reaches past its storage ({end:,} > {storage.size():,} elements)")
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+    requires_grad = rest[0] if rest and isinstance(rest[0], bool) else False
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, collections.OrderedDict())
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> torch.nn.Parameter:
