@@ -37,7 +37,7 @@ def output_path(src: Path, dst: Path) -> Path:
 @handle_errors
 def command(
     src: Annotated[Path, typer.Argument(help="EDM network-snapshot .pkl / training-state .pt, improved-diffusion .pt, or loracli .safetensors.")],
-    dst: Annotated[Path, typer.Argument(help="Output loracli checkpoint (.safetensors), or an existing folder to write <SRC name>.safetensors into.")],
+    dst: Annotated[Path, typer.Argument(help="Output loracli checkpoint (.safetensors), or an existing folder (the file is then named after SRC).")],
     cond: Annotated[Optional[str], typer.Option("--cond", help="Wrap the attention with this conditioning, e.g. uc-lora.")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="LoRA rank r (with --cond).")] = None,
     bases: Annotated[Optional[int], typer.Option("--bases", help="Number of LoRA bases m (with --cond).")] = None,
@@ -62,7 +62,8 @@ def command(
     EDM pickles and torch .pt files are read by loracli's own bounded reader and a restricted unpickler: the
     code they embed is never run, and a file naming anything beyond network data, or built to exhaust the
     reader, is refused (see docs/security.md). The improved-diffusion flags also take their older underscore
-    spellings. An existing folder as DST gets SRC's name with the .safetensors suffix.
+    spellings. An existing folder as DST receives SRC's name with a .safetensors suffix (the last example
+    writes converted/network-snapshot-200000.safetensors).
 
     Examples:
 
@@ -74,7 +75,7 @@ def command(
 
       loracli convert edm-uncond.safetensors edm-uncond-uclora.safetensors --cond uc-lora
 
-      loracli convert network-snapshot-200000.pkl converted/   (writes converted/network-snapshot-200000.safetensors)
+      loracli convert network-snapshot-200000.pkl converted/
     """
     from loracli.io.convert.base import convert_model, save_converted
 
