@@ -15,6 +15,7 @@ checked against the bytes that really back it before anything is allocated:
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import struct
 import warnings
@@ -48,7 +49,7 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _unpickle(data: bytes, start: int, inert_classes: Iterable[str], extra_globals: Mapping[str, Any] | None,
+def _unpickle(data: bytes | mmap.mmap, start: int, inert_classes: Iterable[str], extra_globals: Mapping[str, Any] | None,
               persistent_load: Callable[[Any], Any] | None = None) -> tuple[Any, int]:
     """The object pickled at ``data[start:]`` (checked first) and the offset just past it."""
     from loracli.io.convert.unpickle import loads
@@ -57,7 +58,7 @@ def _unpickle(data: bytes, start: int, inert_classes: Iterable[str], extra_globa
     return loads(memoryview(data)[start:end], inert_classes, extra_globals, persistent_load, checked=True), end
 
 
-def read_legacy(data: bytes, inert_classes: Iterable[str] = (), extra_globals: Mapping[str, Any] | None = None) -> Any:
+def read_legacy(data: bytes | mmap.mmap, inert_classes: Iterable[str] = (), extra_globals: Mapping[str, Any] | None = None) -> Any:
     """The object in a legacy ``torch.save`` stream (see the module docstring)."""
     magic, pos = _unpickle(data, 0, (), None)
     protocol, pos = _unpickle(data, pos, (), None)
@@ -164,4 +165,5 @@ def read_torch_file(path: Path, inert_classes: Iterable[str] = (),
     """The object in any ``torch.save`` file: a zip archive or a legacy stream."""
     if zipfile.is_zipfile(path):
         return read_zip(path, inert_classes, extra_globals)
-    return read_legacy(Path(path).read_bytes(), inert_classes, extra_globals)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return read_legacy(mapped, inert_classes, extra_globals)  # mapped, not read: storages are copied once
