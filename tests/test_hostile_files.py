@@ -64,7 +64,8 @@ def payloads(marker: Path) -> dict[str, bytes]:
         "INST": proto(2, b"(" + shell + b"ios\nsystem\n"),
         "OBJ": proto(2, b"(" + glob("os", "system") + shell + b"o"),
         "STACK_GLOBAL": proto(4, b"\x8c\x02os\x8c\x06system\x93" + shell + b"\x85R"),
-        "NEWOBJ": proto(2, glob("subprocess", "Popen") + b"]" + text("touch") + b"a" + text(str(marker)) + b"a\x85)\x81"),
+        "NEWOBJ": proto(2, glob("subprocess", "Popen") + b"]" + text("touch") + b"a" + text(str(marker))
+                        + b"a\x85)\x81"),
         "BUILD setstate": proto(2, glob("collections", "OrderedDict") + b")R" + glob("os", "system") + b"b"),
         "nested in a dict": proto(2, b"}" + text("ema") + glob("os", "system") + shell + b"\x85Rs"),
         "EXT1": proto(2, b"\x82\x01"),

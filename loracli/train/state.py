@@ -107,7 +107,8 @@ class RunState:
             for index, entries in self.optim_scalars.items():
                 state.setdefault(int(index), {}).update(entries)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise UserError(f"'{self.path}' is not a readable loracli training state ({exc}); it may be damaged.") from None
+            raise UserError(f"'{self.path}' is not a readable loracli training state ({exc}); it may be "
+                            "damaged.") from None
         current = optimizer.state_dict()["param_groups"]
         if len(current) != len(self.param_groups):
             raise UserError(f"'{self.path}' was saved with another set of trained parameters; start a new run.")

@@ -1,9 +1,10 @@
 """improved-diffusion ``.pt`` state dicts (``model*.pt``, ``ema_<rate>_*.pt``) as a conversion source.
 
 The files hold only a state dict of tensors (train_util.py's ``torch.save``), read by loracli's bounded
-reader of torch files (``torch_archive``) with the restricted unpickler: nothing from the file can run. They store no configuration, so it is read
-back from the tensor shapes -- ``model_channels``, ``channel_mult``, ``num_res_blocks``, where attention sits,
-``learn_sigma``, ``label_dim``, ``use_scale_shift_norm``, image channels -- and the rest comes from options:
+reader of torch files (``torch_archive``) with the restricted unpickler: nothing from the file can run.
+They store no configuration, so it is read back from the tensor shapes -- ``model_channels``, ``channel_mult``,
+``num_res_blocks``, where attention sits, ``learn_sigma``, ``label_dim``, ``use_scale_shift_norm``, image
+channels -- and the rest comes from options:
 
 - ``image_size``: not in the shapes; by default taken from ``channel_mult`` as improved-diffusion's
   ``create_model`` pairs them (1,2,2,2: 32; 1,2,3,4: 64; 1,1,2,2,4,4: 256; and guided-diffusion's 1,1,2,3,4: 128).

@@ -31,7 +31,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
 
-def _storage_dtype(pid: tuple, length: int) -> tuple[str, torch.dtype, int]:
+def _storage_id(pid: tuple, length: int) -> tuple[str, torch.dtype, int]:
     """``(key, dtype, numel)`` of a storage persistent id ``('storage', type, key, location, numel[, view])``."""
     from loracli.io.convert.unpickle import _StorageType
 
@@ -49,7 +49,8 @@ def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.T
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _unpickle(data: bytes | mmap.mmap, start: int, inert_classes: Iterable[str], extra_globals: Mapping[str, Any] | None,
+def _unpickle(data: bytes | mmap.mmap, start: int, inert_classes: Iterable[str],
+              extra_globals: Mapping[str, Any] | None,
               persistent_load: Callable[[Any], Any] | None = None) -> tuple[Any, int]:
     """The object pickled at ``data[start:]`` (checked first) and the offset just past it."""
     from loracli.io.convert.unpickle import loads
@@ -58,7 +59,8 @@ def _unpickle(data: bytes | mmap.mmap, start: int, inert_classes: Iterable[str],
     return loads(memoryview(data)[start:end], inert_classes, extra_globals, persistent_load, checked=True), end
 
 
-def read_legacy(data: bytes | mmap.mmap, inert_classes: Iterable[str] = (), extra_globals: Mapping[str, Any] | None = None) -> Any:
+def read_legacy(data: bytes | mmap.mmap, inert_classes: Iterable[str] = (),
+                extra_globals: Mapping[str, Any] | None = None) -> Any:
     """The object in a legacy ``torch.save`` stream (see the module docstring)."""
     magic, pos = _unpickle(data, 0, (), None)
     protocol, pos = _unpickle(data, pos, (), None)
@@ -72,7 +74,7 @@ def read_legacy(data: bytes | mmap.mmap, inert_classes: Iterable[str] = (), extr
 
     def persistent_load(pid: Any) -> Any:
         nonlocal declared
-        key, dtype, numel = _storage_dtype(pid, 6)
+        key, dtype, numel = _storage_id(pid, 6)
         if key not in storages:
             declared += numel * torch._utils._element_size(dtype)
             if declared > len(data):
@@ -142,12 +144,12 @@ def read_zip(path: Path, inert_classes: Iterable[str] = (), extra_globals: Mappi
         loaded: dict[str, torch.storage.TypedStorage] = {}
 
         def persistent_load(pid: Any) -> Any:
-            key, dtype, numel = _storage_dtype(pid, 5)
+            key, dtype, numel = _storage_id(pid, 5)
             if key not in loaded:
                 info = records.get(f"{prefix}data/{key}")
                 nbytes = numel * torch._utils._element_size(dtype)
                 if info is None or info.file_size != nbytes:
-                    raise pickle.UnpicklingError(f"storage {key} declares {nbytes:,} bytes that its record does not hold")
+                    raise pickle.UnpicklingError(f"storage {key} declares {nbytes:,} bytes its record does not hold")
                 untyped = (torch.frombuffer(_read_record(archive, info), dtype=torch.uint8).untyped_storage()
                            if nbytes else torch.UntypedStorage(0))
                 loaded[key] = _typed(untyped, dtype)
