@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import io
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
