@@ -89,8 +89,6 @@ def _print(summary: dict[str, Any], out: Console) -> None:
     others = sorted(k for k in summary["extra"] if k not in ("converted_from", "data", "train", "kimg"))
     if others:
         overview.add_row("provenance", f"also recorded: {', '.join(others)} (`--json`)")
-    if not summary["tensors_match"]:
-        overview.add_row("[red]warning[/]", "the file's tensors do not match the network its config describes")
     out.print(overview)
 
     if summary["layers"]:
