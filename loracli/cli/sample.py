@@ -94,7 +94,7 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     kept: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     mine = shard_indices(len(seeds), batch, rank, world)
     labels = table[mine] if table is not None and table.ndim == 2 else table
-    created = not outdir.exists()
+    made = [f for f in reversed((outdir, *outdir.parents)) if not f.exists()]  # a failure removes what it made
     written: list[Path] = []
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +102,13 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
                           precision_used, progress=progress and rank == 0, **choice.options):
             for k, seed in enumerate(b.seeds):
                 written.append(outdir / seed_filename(seed, subdirs))
+                if subdirs and not written[-1].parent.exists():
+                    made.append(written[-1].parent)
                 save_png(written[-1], b.images[k])
                 if seed in keep:
                     kept[seed] = (b.images[k], None if b.labels is None else b.labels[k])
     except NonFiniteSamples:
-        _remove(written, outdir, created)  # a set with broken images is no set at all
+        _remove(written, made)  # a set with broken images is no set at all
         raise
     except OSError as exc:
         raise UserError(f"Cannot write the images to '{outdir}' ({exc.strerror or exc}); pick another --outdir.") from None
@@ -139,12 +141,11 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     return record
 
 
-def _remove(files: list[Path], outdir: Path, created: bool) -> None:
-    """Delete the images this command wrote, and the folders they needed once empty (outdir if it made it)."""
+def _remove(files: list[Path], folders: list[Path]) -> None:
+    """Delete the images this command wrote and the folders it made for them (deepest first, if empty)."""
     for path in files:
         path.unlink(missing_ok=True)
-    subdirs = sorted({path.parent for path in files} - {outdir}, reverse=True)
-    for folder in subdirs + ([outdir] if created else []):
+    for folder in reversed(folders):
         with contextlib.suppress(OSError):  # a folder that holds anything else stays
             folder.rmdir()
 
