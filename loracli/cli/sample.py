@@ -169,13 +169,13 @@ def _write_npz(outdir: Path, items: list[tuple[torch.Tensor, torch.Tensor | None
 @handle_errors
 def command(
     ckpt: Annotated[Path, typer.Argument(help="A loracli checkpoint (.safetensors).")],
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, e.g. 0-63 or 1,5,9; image k comes from seed k.")] = "0-63",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, e.g. 0-63 or 1,5,9 (0 to 2**32-1, at most 1,000,000); image k comes from seed k.")] = "0-63",
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index, or weights like 3:0.5,5:0.5 or 3:1.5 (ClassLoRA mixes).")] = None,
     outdir: Annotated[Path, typer.Option("--outdir", help="Folder for the PNGs.")] = Path("samples"),
     subdirs: Annotated[bool, typer.Option("--subdirs", help="One folder per 1000 seeds (000000/, 001000/, ...).")] = False,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (default: the checkpoint's preset; EDM 18 = NFE 35).")] = None,
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="heun, euler (edm family); ancestral, ddim (ddpm family).")] = None,
-    eta: Annotated[Optional[float], typer.Option("--eta", help="DDIM noise (0: deterministic).")] = None,
+    eta: Annotated[Optional[float], typer.Option("--eta", help="DDIM noise, 0 to 1 (0: deterministic; 1: ancestral variance).")] = None,
     s_churn: Annotated[Optional[float], typer.Option("--s-churn", "--S_churn", help="EDM stochasticity strength (0: deterministic).")] = None,
     s_min: Annotated[Optional[float], typer.Option("--s-min", "--S_min", help="Lowest noise level that gets churn.")] = None,
     s_max: Annotated[Optional[float], typer.Option("--s-max", "--S_max", help="Highest noise level that gets churn.")] = None,
@@ -193,15 +193,17 @@ def command(
 
     The same checkpoint and seeds give the same images at any batch size and on any number of GPUs
     (torchrun shards the seeds). The output folder also gets grid.png and samples.json (provenance that
-    `loracli fid` reads).
+    `loracli fid` reads). If sampling produces NaN, the command stops and removes what it wrote.
 
     Examples:
 
       loracli sample runs/nano-time-lora/ckpt.safetensors --seeds 0-63
 
-      loracli sample edm-cifar10.safetensors --seeds 0-49999 --subdirs --outdir samples/
+      loracli sample runs/nano-time-lora-class-lora/ckpt.safetensors --class 3 --seeds 0-15 --outdir class3/
 
-      loracli sample classlora.safetensors --class 3:0.5,5:0.5 --seeds 0-15
+      loracli sample runs/nano-time-lora-class-lora/ckpt.safetensors --class 3:0.5,5:0.5 --seeds 0-15
+
+      loracli sample edm-cifar10.safetensors --seeds 0-49999 --subdirs --outdir samples/
 
       torchrun --nproc_per_node 4 -m loracli sample ckpt.safetensors --seeds 0-49999 --outdir samples/
     """

@@ -129,8 +129,7 @@ def _file_identity(path: Path) -> dict[str, Any]:
 # -- images and data sets ----------------------------------------------------------------------------------
 def dataset_batches(dataset: Any, batch: int, progress: bool) -> Iterator[torch.Tensor]:
     """uint8 ``[n, C, H, W]`` batches of a loracli ImageDataset, in order."""
-    description = f"Reference: {len(dataset):,} images of {dataset.name} (once; cached)"
-    with progress_bar(len(dataset), description, progress) as advance:
+    with progress_bar(len(dataset), f"Reference {dataset.name}", progress) as advance:
         for start in range(0, len(dataset), batch):
             stop = min(start + batch, len(dataset))
             yield torch.from_numpy(np.stack([dataset[i][0] for i in range(start, stop)]))
