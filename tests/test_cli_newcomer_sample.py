@@ -52,6 +52,7 @@ def assert_one_sentence(result, message: str) -> None:
     (["--seeds", "0-3,-2"], "'-2' is negative"),
     (["--seeds", "4294967296"], "4294967296 is too large"),
     (["--seeds", "0-3,"], "Cannot read seeds '0-3,'"),
+    (["--batch", "0"], "--batch must be at least 1"),
     (["--outdir", "{file}"], "is a file, not a folder"),
     (["--outdir", "{file}/out"], "cannot be created because"),
 ])
@@ -116,6 +117,24 @@ def test_edm_samplers_name_the_step_that_went_non_finite(sampler, bad_call, step
     with pytest.raises(NonFiniteSamples, match=f"at step {step} of 3 for seeds 0-1"):
         loracli.sample(Exploding(bad_call), [0, 1], sampler=sampler, steps=3)
     assert loracli.sample(Exploding(99), [0, 1], sampler=sampler, steps=3).shape == (2, 3, 4, 4)  # finite: fine
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"sigma_min": -1.0}, "--sigma-min must be positive"),
+    ({"sigma_max": 0.0}, "--sigma-max must be positive"),
+    ({"sigma_min": 5.0, "sigma_max": 1.0}, "--sigma-min (5) must be below --sigma-max (1)"),
+    ({"rho": 0.0}, "--rho must be positive"),
+    ({"S_churn": -1.0}, "--s-churn cannot be negative"),
+    ({"S_noise": float("nan")}, "--s-noise must be a finite number"),
+])
+def test_edm_settings_that_cannot_give_images_are_refused(options, message):
+    from loracli.errors import UserError
+    from loracli.generate import choose_sampler
+
+    with pytest.raises(UserError) as info:
+        choose_sampler(Exploding(99), "heun", 3, **options)
+    assert str(info.value).startswith(message)
+    assert choose_sampler(Exploding(99), "heun", 3, S_max=float("inf"), S_churn=40.0).options["S_max"] == float("inf")
 
 
 # -- fid ---------------------------------------------------------------------------------------------------

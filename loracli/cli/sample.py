@@ -77,8 +77,7 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     import torch
 
     from loracli import __version__
-    from loracli.generate import (NonFiniteSamples, choose_sampler, class_table, generate, image_shape, label_dim_of,
-                                  shard_indices)
+    from loracli.generate import choose_sampler, class_table, generate, image_shape, label_dim_of, shard_indices
     from loracli.runtime import choose_precision, gather_to_rank_zero, pick_device, rank_and_world
     from loracli.images import save_grid, save_png, seed_filename
     from loracli.metrics.provenance import now
@@ -107,8 +106,8 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
                 save_png(written[-1], b.images[k])
                 if seed in keep:
                     kept[seed] = (b.images[k], None if b.labels is None else b.labels[k])
-    except NonFiniteSamples:
-        _remove(written, made)  # a set with broken images is no set at all
+    except UserError:  # e.g. NonFiniteSamples: a set with broken images is no set at all
+        _remove(written, made)
         raise
     except OSError as exc:
         raise UserError(f"Cannot write the images to '{outdir}' ({exc.strerror or exc}); pick another --outdir.") from None
