@@ -52,7 +52,7 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def check_output_folder(path: "os.PathLike[str] | str", flag: str = "--outdir") -> None:
+def check_output_folder(path: os.PathLike[str] | str, flag: str = "--outdir") -> None:
     """Refuse, before any work and without creating anything, an output folder that is a file or that cannot be
     made (a file in its path, or no permission to write where it would go)."""
     from pathlib import Path

@@ -94,20 +94,21 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     mine = shard_indices(len(seeds), batch, rank, world)
     labels = table[mine] if table is not None and table.ndim == 2 else table
     made = [f for f in reversed((outdir, *outdir.parents)) if not f.exists()]  # a failure removes what it made
-    written: list[Path] = []
+    written: list[int] = []  # seeds, not paths: a million of them stay small
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         for b in generate(net, [seeds[i] for i in mine], labels, choice.steps, choice.name, batch, device_used,
                           precision_used, progress=progress and rank == 0, **choice.options):
             for k, seed in enumerate(b.seeds):
-                written.append(outdir / seed_filename(seed, subdirs))
-                if subdirs and not written[-1].parent.exists():
-                    made.append(written[-1].parent)
-                save_png(written[-1], b.images[k])
+                path = outdir / seed_filename(seed, subdirs)
+                if subdirs and not path.parent.exists():
+                    made.append(path.parent)
+                written.append(seed)
+                save_png(path, b.images[k])
                 if seed in keep:
                     kept[seed] = (b.images[k], None if b.labels is None else b.labels[k])
     except UserError:  # e.g. NonFiniteSamples: a set with broken images is no set at all
-        _remove(written, made)
+        _remove([outdir / seed_filename(seed, subdirs) for seed in written], made)
         raise
     except OSError as exc:
         raise UserError(f"Cannot write the images to '{outdir}' ({exc.strerror or exc}); pick another --outdir.") from None
