@@ -14,7 +14,7 @@ from loracli.errors import UserError
 
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1_000_000  # 20x the FID protocol's 50,000 images; a list of them takes about 40 MB
-_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+_PART = re.compile(r"^(\d+)\s*(?:-\s*(\d+))?$")
 
 
 def check_count(count: int, what: str = "seeds") -> int:
