@@ -1,8 +1,11 @@
 """CPU regression check: fp32 forward img/s of our networks beside the reference code's, and LoRA's overhead.
 
-    python benchmarks/cpu_forward.py                      # small EDM + small IDDPM vs reference, nano, LoRA
-    python benchmarks/cpu_forward.py --cifar              # also the real EDM CIFAR-10 DDPM++ (batch 2)
     python benchmarks/cpu_forward.py --ref /path/to/NVlabs/edm --iddpm-ref /path/to/improved-diffusion
+    python benchmarks/cpu_forward.py --cifar              # also the real EDM CIFAR-10 DDPM++ (batch 2)
+    python benchmarks/cpu_forward.py --skip edm,iddpm     # nano and LoRA only: no reference code needed
+
+The reference checkouts come from ``--ref`` / ``--iddpm-ref`` or ``$LORACLI_EDM_REF`` / ``$LORACLI_IDDPM_REF``;
+a comparison whose code is not given stops with one sentence (skip it with ``--skip``).
 
 Each comparison builds our network, builds the reference network with the same constructor arguments and
 copies the weights over (the outputs must agree to float rounding), then times both in the same process,
@@ -28,8 +31,8 @@ IDDPM_SMALL = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, att
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ref", default=None, help="NVlabs/edm checkout (default .refs/edm or /work/refs/NVlabs+edm)")
-    p.add_argument("--iddpm-ref", default=None, help="openai/improved-diffusion checkout")
+    p.add_argument("--ref", default=None, help="NVlabs/edm checkout (default: $LORACLI_EDM_REF)")
+    p.add_argument("--iddpm-ref", default=None, help="openai/improved-diffusion checkout (default: $LORACLI_IDDPM_REF)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--cifar", action="store_true", help="also compare the full EDM CIFAR-10 DDPM++ (batch 2)")
@@ -137,25 +140,20 @@ def main() -> None:
     args = parse_args()
     benchlib.set_threads(args)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    # Both checkouts are looked up before anything is timed, so a missing one stops the script at once.
+    edm_path = refcode.edm_checkout(args.ref, "--ref", required=True) if "edm" not in skip else None
+    iddpm_path = refcode.iddpm_checkout(args.iddpm_ref, "--iddpm-ref", required=True) if "iddpm" not in skip else None
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "clock": benchlib.cpu_clock().__name__}
     summary = []
     if "edm" not in skip:
-        path = refcode.edm_checkout(args.ref)
-        if path is None:
-            print("NVlabs/edm not found: pass --ref PATH (skipping the EDM comparison)")
-        else:
-            r = results["edm-small"] = edm_vs_reference(path, args.batch, args.repeats, **EDM_SMALL)
-            summary.append(f"edm-small ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.0f} img/s)")
-            if args.cifar:
-                r = results["edm-cifar10"] = edm_vs_reference(path, 2, max(3, args.repeats // 2), dropout=0.0)
-                summary.append(f"edm-cifar10 ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.2f} img/s)")
+        r = results["edm-small"] = edm_vs_reference(edm_path, args.batch, args.repeats, **EDM_SMALL)
+        summary.append(f"edm-small ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.0f} img/s)")
+        if args.cifar:
+            r = results["edm-cifar10"] = edm_vs_reference(edm_path, 2, max(3, args.repeats // 2), dropout=0.0)
+            summary.append(f"edm-cifar10 ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.2f} img/s)")
     if "iddpm" not in skip:
-        path = refcode.iddpm_checkout(args.iddpm_ref)
-        if path is None:
-            print("improved-diffusion not found: pass --iddpm-ref PATH (skipping the IDDPM comparison)")
-        else:
-            r = results["iddpm-small"] = iddpm_vs_reference(path, args.batch, args.repeats)
-            summary.append(f"iddpm-small ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.0f} img/s)")
+        r = results["iddpm-small"] = iddpm_vs_reference(iddpm_path, args.batch, args.repeats)
+        summary.append(f"iddpm-small ours/ref {r['ours_over_reference']:.3f} ({r['ours_img_s']:.0f} img/s)")
     if "nano" not in skip:
         r = results["nano"] = nano_forward(args.batch, args.repeats)
         summary.append(f"nano {r['img_s']:.0f} img/s")

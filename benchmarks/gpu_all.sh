@@ -10,8 +10,9 @@
 # JSON lines go to $OUT/bench.jsonl (OUT: the device tool's output folder; ./out without one), the markdown rows
 # to $OUT/rows.md, the kernel tables to $OUT/profile.md and each stage's log to $OUT/log-<stage>.txt. Back on
 # the development machine: `python benchmarks/record.py <files_at>/bench.jsonl` appends the rows to
-# docs/benchmarks.md; paste profile.md under "Top kernels". The reference code is read from .refs/edm
-# (git-ignored; carry it), and clean-fid from a wheel in .whl/ when present (else FID preprocessing is skipped).
+# docs/benchmarks.md; paste profile.md under "Top kernels". NVlabs/edm's code (for the reference arms) is read
+# from $LORACLI_EDM_REF when set (a path on the machine that runs this; without it those arms are left out), and
+# clean-fid from a wheel in .whl/ when present (else FID preprocessing is skipped).
 # SMOKE=1 runs the same commands on the CPU with tiny networks and sizes (a check of this script, not figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ setup() {
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/clean_fid-*.whl \
       && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  [ -f .refs/edm/training/networks.py ] || echo "warning: no .refs/edm: the reference arms will be skipped"
+  [ -n "${LORACLI_EDM_REF:-}" ] || echo "note: LORACLI_EDM_REF is not set: the NVlabs/edm reference arms are left out"
   [ -n "${SMOKE:-}" ] && return
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
@@ -55,7 +56,7 @@ run() {  # run LIMIT_SECONDS SCRIPT ARGS...: one benchmark, killed if it overrun
 }
 
 REF=()
-[ -f .refs/edm/training/networks.py ] && REF=(--reference .refs/edm)
+[ -n "${LORACLI_EDM_REF:-}" ] && REF=(--reference "$LORACLI_EDM_REF")  # a wrong path stops those scripts with a sentence
 
 stage_A() {
   run 300 benchmarks/train_speed.py --model edm --arms baseline,uc-lora,only-lora,uc-lora@conv --precision bf16,fp32 \

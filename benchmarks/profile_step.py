@@ -32,7 +32,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--device", default="auto")
-    p.add_argument("--reference", nargs="?", const="", default=None)
+    p.add_argument("--reference", nargs="?", const="", default=None,
+                   help="also profile NVlabs/edm's step (edm only): PATH to its checkout, or alone for $LORACLI_EDM_REF")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", default=None, help="write the markdown tables here")
     benchlib.add_common_args(p)
@@ -83,9 +84,9 @@ def main() -> None:
                lambda a=arm: train_speed.ours(ts_args, a, args.precision, args.compile == "on", batch))
               for arm in check(args.model, train_speed.split(args.arms))]
     if args.reference is not None:
-        path = refcode.edm_checkout(args.reference or None)
-        if path is None or args.model != "edm":
-            raise SystemExit("--reference needs --model edm and an NVlabs/edm checkout")
+        if args.model != "edm":
+            raise SystemExit("--reference profiles NVlabs/edm's step; use it with --model edm")
+        path = refcode.edm_checkout(args.reference or None, "--reference", required=True)
         label = "fp32" if args.precision == "fp32" else "fp16"
         makers.append((f"reference edm baseline {label}",
                        lambda: train_speed.reference(ts_args, path, args.precision, batch)))

@@ -1,39 +1,47 @@
-"""The reference implementations, imported from a checkout given on the command line (never copied here).
+"""The reference implementations, imported from a checkout the user names (never copied here, never guessed).
 
-NVlabs/edm is looked for at ``--ref``, else ``.refs/edm`` (git-ignored; carried to a GPU machine), else
-``/work/refs/NVlabs+edm``; openai/improved-diffusion likewise at ``.refs/improved-diffusion``. The reference
-networks are built with the constructor arguments of a loracli config and get the same weights, so the two
-sides of a comparison compute the same function.
+NVlabs/edm is read from the path given on the command line, else from ``$LORACLI_EDM_REF``;
+openai/improved-diffusion from its flag, else ``$LORACLI_IDDPM_REF``. There is no default location. The
+reference networks are built with the constructor arguments of a loracli config and get the same weights, so the
+two sides of a comparison compute the same function.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO
-
-EDM_CANDIDATES = (REPO / ".refs" / "edm", Path("/work/refs/NVlabs+edm"))
-IDDPM_CANDIDATES = (REPO / ".refs" / "improved-diffusion", Path("/work/refs/openai+improved-diffusion"))
-
-
-def find_checkout(given: str | Path | None, candidates: tuple[Path, ...], marker: str) -> Path | None:
-    """``given`` if set (it must hold ``marker``), else the first candidate holding ``marker``, else None."""
-    if given:
-        path = Path(given).expanduser().resolve()
-        if not (path / marker).exists():
-            raise SystemExit(f"'{path}' does not look like the reference checkout (no {marker}).")
-        return path
-    return next((p for p in candidates if (p / marker).exists()), None)
+EDM = ("NVlabs/edm", "LORACLI_EDM_REF", "training/networks.py", "https://github.com/NVlabs/edm")
+IDDPM = ("openai/improved-diffusion", "LORACLI_IDDPM_REF", "improved_diffusion/unet.py",
+         "https://github.com/openai/improved-diffusion")
 
 
-def edm_checkout(given: str | Path | None = None) -> Path | None:
-    return find_checkout(given, EDM_CANDIDATES, "training/networks.py")
+def find_checkout(given: str | Path | None, code: tuple[str, str, str, str], flag: str,
+                  required: bool = False) -> Path | None:
+    """The checkout ``given`` on the command line, else the one ``$<env>`` names; None when neither is set
+    (or one sentence and exit 1 when ``required``). A path without the code's ``marker`` file is refused."""
+    name, env, marker, url = code
+    source = given or os.environ.get(env)
+    if not source:
+        if required:
+            raise SystemExit(f"{name}'s code is needed here: pass {flag} PATH to a checkout (git clone {url}) or "
+                             f"set {env}=PATH.")
+        return None
+    path = Path(source).expanduser().resolve()
+    if not (path / marker).exists():
+        origin = flag if given else f"${env}"
+        raise SystemExit(f"'{path}' (from {origin}) is not a checkout of {name}: it has no {marker}.")
+    return path
 
 
-def iddpm_checkout(given: str | Path | None = None) -> Path | None:
-    return find_checkout(given, IDDPM_CANDIDATES, "improved_diffusion/unet.py")
+def edm_checkout(given: str | Path | None = None, flag: str = "--ref", required: bool = False) -> Path | None:
+    return find_checkout(given, EDM, flag, required)
+
+
+def iddpm_checkout(given: str | Path | None = None, flag: str = "--iddpm-ref", required: bool = False) -> Path | None:
+    return find_checkout(given, IDDPM, flag, required)
 
 
 def importable(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Sampling img/s: EDM CIFAR-10 DDPM++, Heun 18 steps (NFE 35), through ``loracli.generate`` (the library path).
 
     python benchmarks/sample_speed.py --num 4096 --batch 1024                   # GPU: bf16, eager and compiled
-    python benchmarks/sample_speed.py --reference .refs/edm --precision bf16,fp32
+    LORACLI_EDM_REF=/path/to/edm python benchmarks/sample_speed.py --reference --precision bf16,fp32
     python benchmarks/sample_speed.py --device cpu --num 4 --batch 2 --steps 2 --tiny    # smoke check
 
 Ours: ``loracli.generate.generate`` as ``loracli sample`` calls it (per-seed generators, the sampler, uint8
@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--device", default="auto")
-    p.add_argument("--reference", nargs="?", const="", default=None, help="also time NVlabs/edm's generate loop")
+    p.add_argument("--reference", nargs="?", const="", default=None, help="also time NVlabs/edm's generate loop: PATH to its checkout, or alone for $LORACLI_EDM_REF")
     p.add_argument("--tiny", action="store_true", help="a small network (smoke runs)")
     benchlib.add_common_args(p)
     return p.parse_args()
@@ -94,9 +94,7 @@ def main() -> None:
                 meta = {"arm": arm, "precision": precision, "compile": compiled}
                 plans.append((meta, lambda a=arm, p=precision, c=compiled: ours(args, a, p, c, device)))
     if args.reference is not None:
-        path = refcode.edm_checkout(args.reference or None)
-        if path is None:
-            raise SystemExit("NVlabs/edm not found; pass --reference PATH")
+        path = refcode.edm_checkout(args.reference or None, "--reference", required=True)
         for precision in split(args.precision):
             meta = {"arm": "reference", "precision": "fp32" if precision == "fp32" else "fp16", "compile": False}
             plans.append((meta, lambda p=precision: reference(args, path, p, device)))

@@ -1,7 +1,7 @@
 """Training img/s and peak memory through loracli's own Trainer, per arm, precision and compile setting.
 
     python benchmarks/train_speed.py --model edm --precision bf16,fp32 --compile off      # GPU: batch 512
-    python benchmarks/train_speed.py --model edm --reference .refs/edm                    # + NVlabs/edm's step
+    python benchmarks/train_speed.py --model edm --reference /path/to/edm                  # + NVlabs/edm's step
     python benchmarks/train_speed.py --model iddpm --arms baseline,time-lora
     python benchmarks/train_speed.py --device cpu --batch 4 --steps 3 --tiny               # smoke check
 
@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="training data (default: the built-in shapes)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader processes (default: the Trainer's)")
     p.add_argument("--reference", nargs="?", const="", default=None,
-                   help="also time NVlabs/edm's own step (edm only); PATH or the default checkout")
+                   help="also time NVlabs/edm's own step (edm only): PATH to its checkout, or alone for "
+                                        "$LORACLI_EDM_REF")
     p.add_argument("--tiny", action="store_true", help="small networks (CPU smoke runs)")
     benchlib.add_common_args(p)
     return p.parse_args(argv)
@@ -275,9 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.reference is not None:
         if args.model != "edm":
             raise SystemExit("--reference runs NVlabs/edm's step; use it with --model edm")
-        path = refcode.edm_checkout(args.reference or None)
-        if path is None:
-            raise SystemExit("NVlabs/edm not found; pass --reference PATH")
+        path = refcode.edm_checkout(args.reference or None, "--reference", required=True)
     plans: list[tuple[dict[str, Any], Callable[[int], Runner]]] = []
     for compiled in [c == "on" for c in split(args.compile)]:
         for precision in split(args.precision):  # ours, then the reference at the same precision

@@ -22,6 +22,7 @@ option ``eta``). Defaults come from the network's preset (``config["sampling"]``
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -35,6 +36,7 @@ from loracli.runtime import pick_device
 
 FAMILY_SAMPLERS = {"edm": ("heun", "euler"), "ddpm": ("ancestral", "ddim")}
 FAMILY_OPTIONS = {"edm": ("sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise"), "ddpm": ("eta",)}
+FLAGS = {key: key.lower().replace("_", "-") for key in FAMILY_OPTIONS["edm"] + FAMILY_OPTIONS["ddpm"]}
 EDM_DEFAULT_STEPS = 18
 
 
@@ -108,7 +110,37 @@ def choose_sampler(net: Any, sampler: str | None = None, steps: int | None = Non
         raise UserError("--eta sets DDIM's noise; it does not apply to the ancestral sampler (use --sampler ddim).")
     if name == "ddim":
         merged.setdefault("eta", 0.0)
+    check_sampler_options(merged)
     return SamplerChoice(name, None if steps is None else int(steps), merged)
+
+
+def check_sampler_options(options: Mapping[str, Any]) -> None:
+    """Refuse values the samplers cannot use: they would give NaN or black images, not an error.
+
+    DDIM's ``eta`` interpolates between deterministic DDIM (0) and the ancestral variance (1); outside
+    [0, 1] the square root of its noise term goes negative. EDM's schedule needs
+    ``0 < sigma_min < sigma_max`` and ``rho > 0``; churn and its noise cannot be negative.
+    """
+    def value(key: str) -> float | None:
+        if options.get(key) is None:
+            return None
+        number = float(options[key])
+        if not math.isfinite(number) and not (key == "S_max" and number == math.inf):
+            raise UserError(f"--{FLAGS[key]} must be a finite number (got {options[key]}).")
+        return number
+
+    eta = value("eta")
+    if eta is not None and not 0 <= eta <= 1:
+        raise UserError(f"--eta must be between 0 (deterministic DDIM) and 1 (ancestral noise); got {eta:g}.")
+    for key in ("sigma_min", "sigma_max", "rho"):
+        if (v := value(key)) is not None and v <= 0:
+            raise UserError(f"--{FLAGS[key]} must be positive (got {v:g}).")
+    for key in ("S_churn", "S_noise", "S_min", "S_max"):
+        if (v := value(key)) is not None and v < 0:
+            raise UserError(f"--{FLAGS[key]} cannot be negative (got {v:g}).")
+    low, high = value("sigma_min"), value("sigma_max")
+    if low is not None and high is not None and low >= high:
+        raise UserError(f"--sigma-min ({low:g}) must be below --sigma-max ({high:g}).")
 
 
 # -- randomness and classes --------------------------------------------------------------------------------
@@ -209,7 +241,38 @@ class Batch:
     labels: torch.Tensor | None  # float class vectors [n, label_dim] on the CPU, None for unconditional models
 
 
-def _edm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callable:
+class NonFiniteSamples(UserError):
+    """Sampling gave NaN or infinite values: the checkpoint or the sampler settings are broken."""
+
+
+class FiniteWatch:
+    """Notes whether each network evaluation of a batch was finite, without waiting for the device, so that a
+    batch ending in NaN (which would become black PNGs) stops with the step at which it went wrong."""
+
+    def __init__(self, choice: SamplerChoice, num_steps: int) -> None:
+        self.choice, self.num_steps = choice, num_steps
+        self.flags: list[torch.Tensor] = []
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        self.flags.append(torch.isfinite(output).all())
+        return output
+
+    def check(self, x: torch.Tensor, seeds: Sequence[int]) -> None:
+        """Raise NonFiniteSamples when the batch's result ``x`` is not finite; else forget the batch."""
+        flags, self.flags = self.flags, []
+        if bool(torch.isfinite(x).all()):
+            return
+        from loracli.seeds import format_int_list
+
+        what = "NaN" if bool(torch.isnan(x).any()) else "infinite values"
+        first = next((k for k, flag in enumerate(flags) if not bool(flag)), None)
+        where = ("although every network output was finite (the sampler settings overflow)" if first is None else
+                 f"at step {first // 2 + 1 if self.choice.name == 'heun' else first + 1} of {self.num_steps}")
+        raise NonFiniteSamples(f"Sampling produced {what} {where} for seeds {format_int_list(seeds)}; the checkpoint "
+                               "or the settings are broken, so no image was written.")
+
+
+def _edm_runner(net: Any, choice: SamplerChoice, autocast: Callable, watch: FiniteWatch) -> Callable:
     base = _base(net)
     options = dict(choice.options)
     round_sigma = getattr(base, "round_sigma", None) or (lambda s: s)
@@ -223,7 +286,7 @@ def _edm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callable
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             with autocast():
-                return net(x, sigma, labels).to(torch.float64)
+                return watch(net(x, sigma, labels).to(torch.float64))
 
         return solver(denoise, latents, sigmas, randn_like=rnd.randn_like, round_sigma=round_sigma, **options)
 
@@ -239,7 +302,7 @@ def diffusion_config(net: Any) -> dict[str, Any]:
     return config
 
 
-def _ddpm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callable:
+def _ddpm_runner(net: Any, choice: SamplerChoice, autocast: Callable, watch: FiniteWatch) -> Callable:
     from loracli.diffusion.gaussian import GaussianDiffusion
 
     diffusion = GaussianDiffusion.from_model_config(diffusion_config(net), steps=choice.steps)
@@ -247,7 +310,7 @@ def _ddpm_runner(net: Any, choice: SamplerChoice, autocast: Callable) -> Callabl
 
     def model(x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
         with autocast():
-            return net(x, t, labels).float()
+            return watch(net(x, t, labels).float())
 
     def run(latents: torch.Tensor, labels: torch.Tensor | None, rnd: SeedGenerators) -> torch.Tensor:
         return diffusion.sample(model, latents, labels, sampler=choice.name, eta=eta, randn_like=rnd.randn_like)
@@ -269,7 +332,8 @@ def generate(net: Any, seeds: Sequence[int], class_labels: Any = None, steps: in
     table = class_table(class_labels, label_dim, len(seeds))
     choice = choose_sampler(net, sampler, steps, **sampler_options)
     autocast = runtime_autocast(precision, device)
-    run = (_edm_runner if family == "edm" else _ddpm_runner)(net, choice, autocast)
+    watch = FiniteWatch(choice, choice.steps if family == "edm" else choice.evaluations(net))
+    run = (_edm_runner if family == "edm" else _ddpm_runner)(net, choice, autocast, watch)
     shape = image_shape(net)
 
     was_training = net.training
@@ -288,7 +352,9 @@ def generate(net: Any, seeds: Sequence[int], class_labels: Any = None, steps: in
                 drawn = rnd.randint(label_dim) if label_dim else None
                 labels = labels_for_batch(table, drawn, slice(start, start + len(chunk)), label_dim)
                 labels = None if labels is None else labels.to(device)
-                images = to_uint8(run(latents, labels, rnd)).cpu()
+                x = run(latents, labels, rnd)
+                watch.check(x, chunk)  # before any image of the batch leaves: NaN would become black PNGs
+                images = to_uint8(x).cpu()
                 yield Batch(chunk, images, None if labels is None else labels.cpu())
                 advance(len(chunk))
     finally:

@@ -13,6 +13,7 @@ The file is found from ``--weights``, else ``$LORACLI_INCEPTION_WEIGHTS``, else 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 import zipfile
@@ -60,6 +61,15 @@ class Detector:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "file": str(self.path), "sha256": self.sha256}
+
+    @functools.cached_property
+    def dim(self) -> int:
+        """Features per image (2048 for Inception), from one blank image, so that statistics of another size are
+        refused before the expensive part."""
+        from loracli.metrics.features import model_input
+
+        blank = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+        return int(self(model_input(blank, self.mode)).shape[1])
 
 
 def check_mode(mode: str) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -48,6 +49,46 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(np.real(covmean)))
 
 
+# -- how many images --------------------------------------------------------------------------------------
+INCEPTION_DIM = 2048  # features per image; n images give a covariance of rank at most n - 1
+PROTOCOL_N = 50_000  # the usual protocol (EDM, the paper): 50,000 samples
+
+
+@dataclass
+class SizeCheck:
+    """Warnings about too few images, said as soon as the count is known (before the expensive part) through
+    ``warn`` and kept for the record, so that a number from 3 images never passes for an FID."""
+
+    warn: Callable[[str], None] | None = None
+    messages: list[str] = field(default_factory=list)
+
+    def _say(self, message: str) -> None:
+        self.messages.append(message)
+        if self.warn is not None:
+            self.warn(message)
+
+    def samples(self, n: int) -> None:
+        if n <= INCEPTION_DIM:
+            self._say(f"Scoring only {n:,} images: with {INCEPTION_DIM:,} or fewer the covariance of the "
+                      f"{INCEPTION_DIM:,} Inception features is singular, so this FID is a rough, strongly biased "
+                      f"number, not comparable with published ones (the usual protocol scores {PROTOCOL_N:,}).")
+        elif n < PROTOCOL_N:
+            self._say(f"Scoring {n:,} images, fewer than the usual protocol's {PROTOCOL_N:,}: FID is biased "
+                      f"upward at small n, so compare this number only with FIDs of {n:,} images.")
+
+    def reference(self, ref: Reference) -> None:
+        if ref.n is not None and ref.n <= INCEPTION_DIM:
+            self._say(f"The reference '{ref.name}' has only {ref.n:,} images: with {INCEPTION_DIM:,} or fewer its "
+                      "covariance is singular, so this FID is a rough guide only.")
+
+
+def check_dimensions(ref: Reference, detector: Detector) -> None:
+    """Refuse statistics of another feature size before any image is read (not after the expensive part)."""
+    if len(ref.mu) != detector.dim:
+        raise UserError(f"The reference '{ref.name}' has {len(ref.mu)}-d statistics but this Inception network "
+                        f"gives {detector.dim}-d features; use a reference made with the same network.")
+
+
 def fid_against(features: np.ndarray, ref: Reference) -> float:
     mu, sigma = feats.statistics(features)
     return frechet_distance(mu, sigma, ref.mu, ref.sigma)
@@ -55,20 +96,29 @@ def fid_against(features: np.ndarray, ref: Reference) -> float:
 
 # -- what is being scored ----------------------------------------------------------------------------------
 def reference_for(ref: str | None, data: dict[str, Any] | None, detector: Detector, batch: int = 64,
-                  workers: int = 0, progress: bool = False) -> Reference:
-    """``--ref`` if given, else the statistics of the training data the checkpoint records (cached)."""
-    if ref is not None:
-        return resolve(ref, detector, batch, workers, progress)
-    if data:
-        return data_reference(data, detector, batch, progress)
-    raise UserError("No reference to compare with: the checkpoint records no training data, so pass --ref (a "
-                    "statistics .npz, a dataset .zip, an image folder or a name registered with --make-ref).")
+                  workers: int = 0, progress: bool = False, count: int | None = None,
+                  sizes: SizeCheck | None = None) -> Reference:
+    """``--ref`` if given, else the statistics of the training data the checkpoint records (cached); checked
+    against the detector's feature size and, when ``sizes`` is given, for its number of images.
+
+    ``count`` is the number of samples to be scored: the size of a built-in data reference (see
+    :func:`~loracli.metrics.reference.data_reference`).
+    """
+    if ref is None and not data:
+        raise UserError("No reference to compare with: the checkpoint records no training data, so pass --ref (a "
+                        "statistics .npz, a dataset .zip, an image folder or a name registered with --make-ref).")
+    reference = (resolve(ref, detector, batch, workers, progress, count) if ref is not None else
+                 data_reference(data, detector, batch, progress, count))
+    check_dimensions(reference, detector)
+    if sizes is not None:
+        sizes.reference(reference)
+    return reference
 
 
 # -- the record --------------------------------------------------------------------------------------------
 def result(fid: float, n: int, seeds: Sequence[int] | None, samples: dict[str, Any], detector: Detector,
-           ref: Reference) -> dict[str, Any]:
-    """Everything needed to compare this number with another one."""
+           ref: Reference, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything needed to compare this number with another one, and what was said about its sizes."""
     from loracli import __version__
 
     return {
@@ -80,6 +130,7 @@ def result(fid: float, n: int, seeds: Sequence[int] | None, samples: dict[str, A
         "mode": detector.mode,
         "resize": RESIZE[detector.mode],
         "reference": ref.describe(),
+        "warnings": list(warnings),
         "loracli_version": __version__,
         "clean_fid_version": importlib.metadata.version("clean-fid"),
         "date": now(),
@@ -99,35 +150,44 @@ def write_result(path: Path, record: dict[str, Any]) -> Path:
 
 # -- scoring -----------------------------------------------------------------------------------------------
 def score_folder(folder: Path, ref: str | None, detector: Detector, num: int | None = None, batch: int = 64,
-                 workers: int = 0, progress: bool = False) -> dict[str, Any]:
+                 workers: int = 0, progress: bool = False, sizes: SizeCheck | None = None) -> dict[str, Any]:
     """FID of a folder of images (``loracli sample``'s or any other) against ``ref``."""
+    sizes = sizes or SizeCheck()
     record = feats.read_samples_record(folder)
     files, seeds = feats.folder_files(folder, record, num)
+    sizes.samples(len(files))
     data = ((record or {}).get("checkpoint") or {}).get("data")
-    reference = reference_for(ref, data, detector, batch, workers, progress)
+    reference = reference_for(ref, data, detector, batch, workers, progress, len(files), sizes)
     features = feats.features_of_files(files, detector, batch, workers, progress=progress)
     samples = {"kind": "folder", "path": str(folder.resolve()), "provenance": record}
-    return result(fid_against(features, reference), len(files), seeds, samples, detector, reference)
+    return result(fid_against(features, reference), len(files), seeds, samples, detector, reference, sizes.messages)
 
 
 def score_npz(path: Path, ref: str | None, detector: Detector, num: int | None = None, batch: int = 64,
-              workers: int = 0, progress: bool = False) -> dict[str, Any]:
+              workers: int = 0, progress: bool = False, sizes: SizeCheck | None = None) -> dict[str, Any]:
     """FID of an ``.npz`` of uint8 images (``arr_0``) against ``ref``."""
+    sizes = sizes or SizeCheck()
     count = len(npz_images(path))
     if num is not None and count < num:
         raise UserError(f"'{path}' has {count} images, fewer than --num {num}.")
-    reference = reference_for(ref, None, detector, batch, workers, progress)
+    n = min(count, num) if num is not None else count
+    if n < 2:
+        raise UserError(f"'{path}' has {n} image(s); FID needs many ({PROTOCOL_N:,} for the usual protocol).")
+    sizes.samples(n)
+    reference = reference_for(ref, None, detector, batch, workers, progress, n, sizes)
     features = npz_features(path, detector, batch, num)
     samples = {"kind": "npz", "path": str(path.resolve())}
-    return result(fid_against(features, reference), len(features), None, samples, detector, reference)
+    return result(fid_against(features, reference), len(features), None, samples, detector, reference,
+                  sizes.messages)
 
 
 def score_checkpoint(net: Any, ckpt: Path, reference: Reference | None, detector: Detector, seeds: Sequence[int],
                      batch: int = 64, precision: str | None = None, progress: bool = False,
                      provenance: dict[str, Any] | None = None, steps: int | None = None, sampler: str | None = None,
-                     **sampler_options: Any) -> dict[str, Any] | None:
+                     sizes: SizeCheck | None = None, **sampler_options: Any) -> dict[str, Any] | None:
     """Generate ``seeds`` from ``net`` and score them without writing images. Under torchrun every rank
-    generates its share and rank 0 scores them all in seed order (returns None on the other ranks)."""
+    generates its share and rank 0 scores them all in seed order (returns None on the other ranks).
+    ``sizes`` holds the warnings said while the reference was prepared, for the record."""
     from loracli.generate import choose_sampler, generate, shard_indices
     from loracli.runtime import choose_precision, gather_to_rank_zero, rank_and_world
 
@@ -146,4 +206,5 @@ def score_checkpoint(net: Any, ckpt: Path, reference: Reference | None, detector
     samples = {"kind": "checkpoint", "path": str(ckpt.resolve()), "provenance": provenance,
                "sampling": {**choice.describe(), "nfe": choice.evaluations(net)},
                "precision": choose_precision(precision, detector.device)}
-    return result(fid_against(features, reference), len(features), seeds, samples, detector, reference)
+    return result(fid_against(features, reference), len(features), seeds, samples, detector, reference,
+                  (sizes or SizeCheck()).messages)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,6 +31,7 @@ from loracli.metrics.detectors import Detector
 from loracli.metrics.provenance import array_sha256, now
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+BUILTIN_REFERENCE_SIZE = 50_000  # the built-in reference when no sample count says otherwise (--make-ref)
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,40 @@ class Reference:
 
 
 # -- files -------------------------------------------------------------------------------------------------
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` that the ``.npz`` at ``path`` holds (absent ones are left out), read with pickles
+    refused; one sentence for a file that is not a readable numpy archive."""
+    try:
+        if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allowing pickles
+            with open(path, "rb") as f:
+                single = f.read(6) == b"\x93NUMPY"
+            raise ValueError("it holds a single .npy array" if single else "it is not a zip archive")
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in keys if key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"'{path}' could not be read as a numpy .npz archive ({reason}); give statistics (mu, "
+                        "sigma) or images (arr_0) written by numpy.savez.") from None
+
+
 def read_stats(path: Path, name: str | None = None) -> Reference | None:
     """A statistics ``.npz`` (keys ``mu``, ``sigma``); None when the file holds no statistics."""
+    arrays = read_npz(path, ("mu", "sigma", "meta"))
+    if "mu" not in arrays and "sigma" not in arrays:
+        return None
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise UserError(f"'{path}' holds {'mu' if 'mu' in arrays else 'sigma'} but not "
+                        f"{'sigma' if 'mu' in arrays else 'mu'}; FID statistics need both.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "mu" not in data or "sigma" not in data:
-                return None
-            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-            meta = json.loads(str(data["meta"])) if "meta" in data else {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"'{path}' could not be read as an .npz file ({exc}).") from None
+        mu, sigma = np.asarray(arrays["mu"], np.float64), np.asarray(arrays["sigma"], np.float64)
+        meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"'{path}' holds mu and sigma that are not numbers ({exc}).") from None
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise UserError(f"'{path}' holds mu {list(mu.shape)} and sigma {list(sigma.shape)}; expected [D] and [D, D].")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"'{path}' holds NaN or infinite statistics; recompute them.")
+    meta = meta if isinstance(meta, dict) else {}
     return Reference(name or meta.get("name") or path.stem, meta.get("source") or str(path.resolve()), mu, sigma,
                      meta.get("n"))
 
@@ -112,21 +137,24 @@ def dataset_batches(dataset: Any, batch: int, progress: bool) -> Iterator[torch.
 
 
 def data_reference(data: str | dict[str, Any], detector: Detector, batch: int = 64,
-                   progress: bool = False) -> Reference:
+                   progress: bool = False, count: int | None = None) -> Reference:
     """Statistics of a training set (all its images, no flips), computed once and cached.
 
     ``data``: ``"builtin"``, a path (EDM zip, image folder, cifar-10-batches-py), or the record a checkpoint
-    keeps in ``extra["data"]`` (``{"path", "name", "builtin", "resolution", ...}``).
+    keeps in ``extra["data"]`` (``{"path", "name", "builtin", "resolution", ...}``). The built-in data set is
+    drawn, not stored, so its reference has ``count`` images (the number of samples scored; default 50,000):
+    a handful of samples is not held up by 50,000 reference images, and both sides have the same n.
     """
-    from loracli.data import open_dataset
+    from loracli.data import BuiltinShapes, open_dataset
 
     record = data if isinstance(data, dict) else ({"builtin": True} if data == "builtin" else {"path": data})
     resolution = record.get("resolution")
     if record.get("builtin"):
         from loracli import __version__  # the built-in images are drawn by code, which may change
 
+        size = int(count or BUILTIN_REFERENCE_SIZE)
         identity: dict[str, Any] = {"builtin": record.get("name", "builtin"), "resolution": resolution,
-                                    "loracli": __version__}
+                                    "loracli": __version__, "size": size}
         path = None
     else:
         if not record.get("path"):
@@ -138,7 +166,7 @@ def data_reference(data: str | dict[str, Any], detector: Detector, batch: int = 
         identity = {**_file_identity(path), "resolution": resolution}
 
     def compute() -> Reference:
-        dataset = open_dataset(path, resolution)
+        dataset = BuiltinShapes(resolution or 32, size=size) if path is None else open_dataset(path, resolution)
         features = feats.features_of_arrays(dataset_batches(dataset, batch, progress), detector)
         return _from_features(record.get("name") or dataset.name, dataset.source or f"built-in {dataset.name}",
                               features)
@@ -146,10 +174,12 @@ def data_reference(data: str | dict[str, Any], detector: Detector, batch: int = 
     return _cached(identity, detector, compute)
 
 
-def resolve(ref: str, detector: Detector, batch: int = 64, workers: int = 0, progress: bool = False) -> Reference:
-    """The reference ``--ref`` names (see the module docstring); ``builtin`` is the built-in data set."""
+def resolve(ref: str, detector: Detector, batch: int = 64, workers: int = 0, progress: bool = False,
+            count: int | None = None) -> Reference:
+    """The reference ``--ref`` names (see the module docstring); ``builtin`` is the first ``count`` images of the
+    built-in data set (see :func:`data_reference`)."""
     if ref == "builtin":
-        return data_reference(ref, detector, batch, progress)
+        return data_reference(ref, detector, batch, progress, count)
     path = Path(ref).expanduser()
     if path.is_dir():
         if (path / "data_batch_1").exists():
@@ -176,10 +206,9 @@ def resolve(ref: str, detector: Detector, batch: int = 64, workers: int = 0, pro
 
 def npz_images(path: Path) -> np.ndarray:
     """``arr_0`` of an image ``.npz`` (improved-diffusion's and ``loracli sample --npz``'s), uint8 NHWC."""
-    with np.load(path, allow_pickle=False) as data:
-        if "arr_0" not in data:
-            raise UserError(f"'{path}' holds neither statistics (mu, sigma) nor images (arr_0).")
-        images = data["arr_0"]
+    images = read_npz(path, ("arr_0",)).get("arr_0")
+    if images is None:
+        raise UserError(f"'{path}' holds neither statistics (mu, sigma) nor images (arr_0).")
     if images.dtype != np.uint8 or images.ndim != 4:
         raise UserError(f"'{path}' arr_0 is {images.dtype} {list(images.shape)}; expected uint8 images [N, H, W, C].")
     return images
@@ -199,11 +228,12 @@ def check_name(name: str) -> str:
 
 
 def register(name: str, data: str, detector: Detector, batch: int = 64, workers: int = 0,
-             progress: bool = False) -> tuple[Path, Reference]:
-    """Compute the statistics of ``data`` (anything ``--ref`` accepts, e.g. a training set or ``builtin``) and
-    store them as ``name`` for this mode and detector; returns the file and the statistics."""
+             progress: bool = False, count: int | None = None) -> tuple[Path, Reference]:
+    """Compute the statistics of ``data`` (anything ``--ref`` accepts, e.g. a training set or ``builtin``, of
+    which ``count`` images) and store them as ``name`` for this mode and detector; returns the file and the
+    statistics."""
     check_name(name)
-    ref = replace(resolve(data, detector, batch, workers, progress), name=name)
+    ref = replace(resolve(data, detector, batch, workers, progress, count), name=name)
     return write_stats(_stats_file(refs_dir() / name, detector), ref, detector), ref
 
 
