@@ -24,15 +24,26 @@ class AttentionSite:
     """One self-attention block of a base network, by the qualified names of its parts.
 
     ``qkv`` and ``proj`` are the projections LoRA adapts; ``norm`` is the normalisation before ``qkv``
-    (what adaLN-style conditioning modulates).
+    (what adaLN-style conditioning modulates). ``qkv`` is one name for a fused query-key-value projection
+    (``channels -> 3 * channels``) or a tuple of three names for separate ones (``channels -> channels`` each,
+    e.g. diffusers' ``to_q``, ``to_k``, ``to_v``); each adapted projection gets its own LoRA branch.
     """
 
     block: str
     norm: str
-    qkv: str
+    qkv: str | tuple[str, str, str]
     proj: str
     channels: int
     heads: int
+
+    @property
+    def qkv_names(self) -> tuple[str, ...]:
+        """The query-key-value projection(s): one fused name, or the three separate ones."""
+        return (self.qkv,) if isinstance(self.qkv, str) else tuple(self.qkv)
+
+    def projections(self) -> tuple[str, ...]:
+        """Every projection of the block LoRA adapts, query-key-value first, then the output projection."""
+        return (*self.qkv_names, self.proj)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""diffusers' ``UNet2DModel`` as a loracli ddpm-family base model (``diffusers-unet``).
+
+The diffusers network is kept whole as ``net.unet`` (its state-dict keys are diffusers' own under ``unet.``),
+so a converted folder loads one to one and exports back unchanged. What loracli needs around it:
+
+- the ddpm contract ``net(x, t, class_labels) -> epsilon`` over integer timesteps; a ``v_prediction`` network's
+  output is turned into epsilon here (``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``), so the samplers and the
+  loss see epsilon whatever the network predicts;
+- class vectors: the class embedding (``num_class_embeds = label_dim``) takes loracli's one-hot or soft class
+  vectors as ``vectors @ embedding.weight`` (exactly the lookup for one-hot vectors);
+- the embedding tap ``emb_tap``: the time (+ class) embedding every ResNet block reads, for UC-LoRA;
+- ``scale_shift=False`` (``--only-lora``): no time embedding (``time_embedding`` gives nothing), no class
+  embedding, and no ResNet ``time_emb_proj``: every ResNet block then computes ``conv2(act(norm2(conv1(...))))``
+  without the embedding added (or, with ``resnet_time_scale_shift="scale_shift"``, without its scale and shift),
+  so the timestep and class reach the network only through LoRA.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from loracli.diffusion.gaussian import named_betas
+from loracli.errors import UserError
+from loracli.registry import AttentionSite, ModelSpec, Preset
+
+PREDICTIONS = ("epsilon", "v_prediction")
+# UNet2DModel settings loracli sets itself from its own config (img_resolution, img_channels, label_dim, ...).
+OWNED_KEYS = ("sample_size", "in_channels", "out_channels", "num_class_embeds", "class_embed_type")
+
+
+class VectorClassEmbedding(nn.Embedding):
+    """diffusers' class embedding table, also taking class vectors ``[N, classes]`` (one-hot or soft)."""
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if labels.is_floating_point():
+            return labels.to(self.weight.dtype) @ self.weight
+        return super().forward(labels)
+
+
+class NoTimeEmbedding(nn.Module):
+    """The time embedding of an only-LoRA network: none, so no ResNet block is modulated."""
+
+    def forward(self, t_emb: torch.Tensor) -> None:
+        return None
+
+
+def check_unet_config(unet: Mapping[str, Any]) -> dict[str, Any]:
+    """The diffusers UNet2DModel settings without the ones loracli owns; refuses what loracli cannot run."""
+    config = {k: copy.deepcopy(v) for k, v in unet.items() if not k.startswith("_") and k not in OWNED_KEYS}
+    if config.get("time_embedding_type", "positional") != "positional":
+        raise UserError(f"loracli runs UNet2DModels with positional time embeddings only, not "
+                        f"'{config['time_embedding_type']}'.")
+    if unet.get("class_embed_type") not in (None,):
+        raise UserError(f"loracli runs UNet2DModels with a class-embedding table only (class_embed_type None), not "
+                        f"'{unet['class_embed_type']}'.")
+    return config
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers UNet2DModel over integer timesteps: ``net(x, t, class_labels) -> epsilon`` (+ variance)."""
+
+    def __init__(self, unet: Mapping[str, Any], img_resolution: int = 32, img_channels: int = 3,
+                 label_dim: int = 0, scale_shift: bool = True, diffusion_steps: int = 1000,
+                 noise_schedule: str = "linear", learn_sigma: bool = False, fixed_variance: str = "small",
+                 prediction: str = "epsilon") -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        if prediction not in PREDICTIONS:
+            raise UserError(f"Unknown prediction '{prediction}'; loracli runs {' and '.join(PREDICTIONS)} networks.")
+        self.img_resolution, self.img_channels, self.label_dim = int(img_resolution), int(img_channels), int(label_dim)
+        self.diffusion_steps, self.noise_schedule, self.learn_sigma = int(diffusion_steps), noise_schedule, learn_sigma
+        self.prediction = prediction
+        settings = check_unet_config(unet)
+        self.unet = UNet2DModel(**settings, sample_size=self.img_resolution, in_channels=self.img_channels,
+                                out_channels=self.img_channels * (2 if learn_sigma else 1),
+                                num_class_embeds=(label_dim or None) if scale_shift else None)
+        if self.unet.class_embedding is not None:
+            table = self.unet.class_embedding
+            self.unet.class_embedding = VectorClassEmbedding(table.num_embeddings, table.embedding_dim)
+            self.unet.class_embedding.load_state_dict(table.state_dict())
+        if scale_shift:
+            self.emb_tap = nn.Identity()
+            # Every block is called with ``temb=emb``; routing it through the tap here lets UC-LoRA read it
+            # without editing diffusers' forward.
+            self.unet.down_blocks[0].register_forward_pre_hook(self._tap_embedding, with_kwargs=True)
+        else:
+            self.unet.time_embedding = NoTimeEmbedding()
+            for module in self.unet.modules():
+                if hasattr(module, "time_emb_proj"):
+                    module.time_emb_proj = None
+                    module.time_embedding_norm = "default"  # nothing to scale and shift with
+        if prediction == "v_prediction":
+            abar = torch.from_numpy(named_betas(noise_schedule, self.diffusion_steps)).neg().add(1).cumprod(0)
+            self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
+            self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float(), persistent=False)
+
+    def _tap_embedding(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["temb"] = self.emb_tap(kwargs["temb"])
+        return args, kwargs
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = class_labels if self.unet.class_embedding is not None else None
+        out = self.unet(x, t, labels, return_dict=False)[0]
+        if self.prediction == "v_prediction":
+            c = self.img_channels
+            a = self.sqrt_abar[t].reshape(-1, 1, 1, 1).to(out.dtype)
+            s = self.sqrt_one_minus_abar[t].reshape(-1, 1, 1, 1).to(out.dtype)
+            eps = a * out[:, :c] + s * x.to(out.dtype)
+            out = torch.cat([eps, out[:, c:]], dim=1) if self.learn_sigma else eps
+        return out
+
+
+def attention_sites(net: nn.Module) -> list[AttentionSite]:
+    """Every diffusers ``Attention`` (self-attention here): separate ``to_q``/``to_k``/``to_v``, ``to_out.0``."""
+    from diffusers.models.attention_processor import Attention
+
+    return [AttentionSite(block=name, norm=f"{name}.group_norm", qkv=(f"{name}.to_q", f"{name}.to_k", f"{name}.to_v"),
+                          proj=f"{name}.to_out.0", channels=m.query_dim, heads=m.heads)
+            for name, m in net.named_modules() if isinstance(m, Attention)]
+
+
+def embedding_channels(net: DiffusersUNet) -> int:
+    return int(net.unet.time_embedding.linear_2.out_features)
+
+
+# google/ddpm-cifar10-32's UNet2DModel (its config.json on the Hub), less the keys loracli owns.
+DDPM_CIFAR10_UNET = {
+    "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
+    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "time_embedding_type": "positional",
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
+# Its scheduler: DDPMScheduler, linear betas 1e-4 .. 0.02 over 1000 steps, fixed_small variance, epsilon.
+DDPM_CIFAR10_PROCESS = {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": False,
+                        "fixed_variance": "small", "prediction": "epsilon"}
+TINY_UNET = {
+    "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+}
+
+SPEC = ModelSpec(
+    name="diffusers-unet",
+    family="ddpm",
+    build=DiffusersUNet,
+    presets={
+        "tiny": Preset(
+            config={"unet": TINY_UNET, "img_resolution": 32, "img_channels": 3, **DDPM_CIFAR10_PROCESS},
+            description="32x32 RGB, 16/32 channels, one attention level (16x16) and the middle block; DDPM "
+                        "linear schedule, T=1000 (for tests and CPU trials)",
+            sampling={"sampler": "ancestral", "steps": 100},
+            reference="loracli's own (diffusers' UNet2DModel classes)",
+        ),
+        "ddpm-cifar10": Preset(
+            config={"unet": DDPM_CIFAR10_UNET, "img_resolution": 32, "img_channels": 3, **DDPM_CIFAR10_PROCESS},
+            description="google/ddpm-cifar10-32: 128/256/256/256 channels, attention at 16x16 and in the middle "
+                        "block; linear schedule, T=1000, fixed_small variance",
+            sampling={"sampler": "ancestral", "steps": 1000},
+            reference="Ho et al. 2020 as ported to diffusers (google/ddpm-cifar10-32)",
+        ),
+    },
+    default_preset="tiny",
+    attention_sites=attention_sites,
+    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
+    embedding_channels=embedding_channels,
+    description="diffusers' UNet2DModel (DDPM U-Nets in diffusers format; loracli-diffusers)",
+)
