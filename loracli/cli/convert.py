@@ -13,7 +13,7 @@ from loracli.errors import UserError
 
 @handle_errors
 def command(
-    src: Annotated[Path, typer.Argument(help="EDM network-snapshot .pkl / training-state .pt, improved-diffusion .pt, or loracli .safetensors.")],
+    src: Annotated[Path, typer.Argument(help="EDM network-snapshot .pkl / training-state .pt, improved-diffusion .pt, loracli .safetensors, or (with loracli-diffusers) a diffusers model or pipeline folder.")],
     dst: Annotated[Path, typer.Argument(help="Output loracli checkpoint (.safetensors).")],
     cond: Annotated[Optional[str], typer.Option("--cond", help="Wrap the attention with this conditioning, e.g. uc-lora.")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="LoRA rank r (with --cond).")] = None,
@@ -41,6 +41,8 @@ def command(
       loracli convert ema_0.9999_500000.pt iddpm-cifar10.safetensors --num_heads 4
 
       loracli convert edm-uncond.safetensors edm-uncond-uclora.safetensors --cond uc-lora
+
+      loracli convert ddpm-cifar10-32/ ddpm-cifar10-timelora.safetensors --cond time-lora
     """
     from loracli.io.convert.base import convert_model, save_converted
 
