@@ -52,7 +52,8 @@ class Preset:
 
     ``config`` holds builder keyword arguments, ``conditions`` per-variant option defaults (e.g. the paper's
     18 bases for EDM CIFAR-10), ``sampling`` the sampler defaults (e.g. 18 Heun steps), ``reference`` where
-    the numbers come from.
+    the numbers come from, ``recipe`` the path of the preset's training recipe TOML when it is not
+    ``loracli/configs/<model>-<preset>.toml`` (a plugin ships its own).
     """
 
     config: Mapping[str, Any]
@@ -60,6 +61,7 @@ class Preset:
     conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sampling: Mapping[str, Any] = field(default_factory=dict)
     reference: str = ""
+    recipe: str = ""
 
 
 @dataclass(frozen=True)

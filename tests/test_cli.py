@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-COMMANDS = ["train", "sample", "fid", "convert", "models", "info"]
+COMMANDS = ["train", "sample", "fid", "convert", "export", "models", "info"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -66,6 +66,17 @@ def _format_module(name: str) -> Any:
     return importlib.import_module({**FORMATS, **plugin_formats()}[name])
 
 
+def exporter(name: str, package: str) -> Any:
+    """The ``export(model, out)`` function of the plugin format ``name``, or a UserError naming ``package``."""
+    if name not in plugin_formats():
+        raise UserError(f"Exporting to {name} needs the {package} plugin; install it (from loracli's repository: "
+                        f"pip install -e plugins/{package}).")
+    module = _format_module(name)
+    if not hasattr(module, "export"):
+        raise UserError(f"The {name} format of {package} cannot export.")
+    return module.export
+
+
 def _plugin_modules() -> list[Any]:
     modules = []
     for name in plugin_formats():

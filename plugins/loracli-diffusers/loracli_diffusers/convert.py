@@ -21,6 +21,7 @@ import torch
 
 from loracli.errors import UserError
 from loracli.io.convert.base import ForeignCheckpoint, file_sha256
+from loracli_diffusers.export import export  # noqa: F401  (this format's writer, for `loracli export --diffusers`)
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 CHECKPOINT_SUFFIXES = (".pkl", ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -153,12 +154,25 @@ def _rename(key: str) -> str:
     return ".".join(parts)
 
 
+def _effective(unet: Mapping[str, Any]) -> dict[str, Any]:
+    """A UNet2DModel config with every default filled in, as JSON (so lists and tuples compare equal)."""
+    import inspect
+
+    from diffusers import UNet2DModel
+
+    defaults = {k: p.default for k, p in inspect.signature(UNet2DModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return json.loads(json.dumps({**defaults, **unet}))
+
+
 def matching_preset(settings: Mapping[str, Any]) -> str | None:
     """The ``diffusers-unet`` preset of the same network and process (label_dim may differ), if any."""
     from loracli_diffusers.unet import SPEC
 
     for name, preset in SPEC.presets.items():
-        if all(settings.get(k) == v for k, v in preset.config.items()):
+        wanted = {k: v for k, v in preset.config.items() if k != "unet"}
+        if (all(settings.get(k) == v for k, v in wanted.items())
+                and _effective(settings["unet"]) == _effective(preset.config["unet"])):
             return name
     return None
 

@@ -18,6 +18,7 @@ so a converted folder loads one to one and exports back unchanged. What loracli 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -66,7 +67,7 @@ class DiffusersUNet(nn.Module):
     def __init__(self, unet: Mapping[str, Any], img_resolution: int = 32, img_channels: int = 3,
                  label_dim: int = 0, scale_shift: bool = True, diffusion_steps: int = 1000,
                  noise_schedule: str = "linear", learn_sigma: bool = False, fixed_variance: str = "small",
-                 prediction: str = "epsilon") -> None:
+                 prediction: str = "epsilon", dropout: float | None = None) -> None:
         super().__init__()
         from diffusers import UNet2DModel
 
@@ -76,6 +77,8 @@ class DiffusersUNet(nn.Module):
         self.diffusion_steps, self.noise_schedule, self.learn_sigma = int(diffusion_steps), noise_schedule, learn_sigma
         self.prediction = prediction
         settings = check_unet_config(unet)
+        if dropout is not None:  # a training setting (``--dropout``), on top of the architecture
+            settings["dropout"] = float(dropout)
         self.unet = UNet2DModel(**settings, sample_size=self.img_resolution, in_channels=self.img_channels,
                                 out_channels=self.img_channels * (2 if learn_sigma else 1),
                                 num_class_embeds=(label_dim or None) if scale_shift else None)
@@ -139,6 +142,7 @@ DDPM_CIFAR10_UNET = {
 # Its scheduler: DDPMScheduler, linear betas 1e-4 .. 0.02 over 1000 steps, fixed_small variance, epsilon.
 DDPM_CIFAR10_PROCESS = {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": False,
                         "fixed_variance": "small", "prediction": "epsilon"}
+RECIPES = Path(__file__).resolve().parent / "configs"
 TINY_UNET = {
     "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8,
     "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
@@ -155,6 +159,7 @@ SPEC = ModelSpec(
                         "linear schedule, T=1000 (for tests and CPU trials)",
             sampling={"sampler": "ancestral", "steps": 100},
             reference="loracli's own (diffusers' UNet2DModel classes)",
+            recipe=str(RECIPES / "diffusers-unet-tiny.toml"),
         ),
         "ddpm-cifar10": Preset(
             config={"unet": DDPM_CIFAR10_UNET, "img_resolution": 32, "img_channels": 3, **DDPM_CIFAR10_PROCESS},
@@ -162,6 +167,7 @@ SPEC = ModelSpec(
                         "block; linear schedule, T=1000, fixed_small variance",
             sampling={"sampler": "ancestral", "steps": 1000},
             reference="Ho et al. 2020 as ported to diffusers (google/ddpm-cifar10-32)",
+            recipe=str(RECIPES / "diffusers-unet-ddpm-cifar10.toml"),
         ),
     },
     default_preset="tiny",

@@ -25,6 +25,7 @@ def pipeline_folder(tmp_path, scheduler=None, **unet_settings):
 def test_pipeline_folder_converts_to_the_same_network_and_process(tmp_path):
     folder, unet = pipeline_folder(tmp_path, {"variance_type": "fixed_large"}, num_class_embeds=5)
     model = convert_model(folder, cond="class-lora")
+    assert model.config["preset"] is None  # another process than the tiny preset's
     config = model.config["model_config"]
     assert (config["diffusion_steps"], config["noise_schedule"], config["fixed_variance"], config["learn_sigma"],
             config["prediction"], config["label_dim"]) == (1000, "linear", "large", False, "epsilon", 5)
@@ -35,6 +36,7 @@ def test_pipeline_folder_converts_to_the_same_network_and_process(tmp_path):
 
 def test_model_folder_and_saved_checkpoint_rebuild_it(tmp_path):
     folder, unet = pipeline_folder(tmp_path, {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"})
+    assert convert_model(pipeline_folder(tmp_path / "tiny")[0]).config["preset"] == "tiny"
     model = convert_model(folder / "unet")  # the scheduler beside it is found
     assert model.config["model_config"]["noise_schedule"] == "cosine"
     assert model.config["model_config"]["prediction"] == "v_prediction"
