@@ -121,7 +121,8 @@ def model_settings(config: Mapping[str, Any], process: Mapping[str, Any]) -> dic
         raise UserError(f"The network outputs {out} channels for {channels}-channel images, which does not fit the "
                         "scheduler's variance type.")
     return {"unet": check_unet_config(config), "img_resolution": int(size), "img_channels": channels,
-            "label_dim": int(config.get("num_class_embeds") or 0), "scale_shift": True, **process}
+            "label_dim": int(config.get("num_class_embeds") or 0), "scale_shift": True,
+            "dropout": float(config.get("dropout", 0.0)), **process}  # dropout: what --init may retune
 
 
 def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
