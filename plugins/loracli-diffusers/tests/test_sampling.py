@@ -12,6 +12,9 @@ diffusers' ``use_clipped_model_output=True``.
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("diffusers", reason="needs diffusers and loracli-diffusers: pip install -e plugins/loracli-diffusers")
+pytest.importorskip("loracli_diffusers", reason="needs loracli-diffusers: pip install -e plugins/loracli-diffusers")
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 

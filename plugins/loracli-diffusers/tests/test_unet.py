@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+
+pytest.importorskip("diffusers", reason="needs diffusers and loracli-diffusers: pip install -e plugins/loracli-diffusers")
+pytest.importorskip("loracli_diffusers", reason="needs loracli-diffusers: pip install -e plugins/loracli-diffusers")
 import torch
 from diffusers import UNet2DModel
 
