@@ -208,7 +208,7 @@ def test_a_model_with_the_wrong_output_channels_is_refused():
 
 
 def test_model_config_may_state_its_fixed_variance_and_an_explicit_one_wins():
-    config = {"diffusion_steps": 10, "noise_schedule": "linear"}
+    config = {"diffusion_steps": 100, "noise_schedule": "linear"}
     assert GaussianDiffusion.from_model_config(config).fixed_variance == "large"
     assert GaussianDiffusion.from_model_config({**config, "fixed_variance": "small"}).fixed_variance == "small"
     assert GaussianDiffusion.from_model_config({**config, "fixed_variance": "small"}, fixed_variance="large"
