@@ -24,22 +24,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from loracli.diffusion.gaussian import named_betas
 from loracli.errors import UserError
-from loracli.registry import AttentionSite, ModelSpec, Preset
+from loracli.registry import ModelSpec, Preset
+from loracli_diffusers.common import DDPMNetwork, VectorClassEmbedding, attention_sites
 
-PREDICTIONS = ("epsilon", "v_prediction")
 # UNet2DModel settings loracli sets itself from its own config (img_resolution, img_channels, label_dim, ...).
 OWNED_KEYS = ("sample_size", "in_channels", "out_channels", "num_class_embeds", "class_embed_type")
-
-
-class VectorClassEmbedding(nn.Embedding):
-    """diffusers' class embedding table, also taking class vectors ``[N, classes]`` (one-hot or soft)."""
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if labels.is_floating_point():
-            return labels.to(self.weight.dtype) @ self.weight
-        return super().forward(labels)
 
 
 class NoTimeEmbedding(nn.Module):
@@ -61,21 +51,17 @@ def check_unet_config(unet: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-class DiffusersUNet(nn.Module):
+class DiffusersUNet(DDPMNetwork):
     """A diffusers UNet2DModel over integer timesteps: ``net(x, t, class_labels) -> epsilon`` (+ variance)."""
 
     def __init__(self, unet: Mapping[str, Any], img_resolution: int = 32, img_channels: int = 3,
                  label_dim: int = 0, scale_shift: bool = True, diffusion_steps: int = 1000,
                  noise_schedule: str = "linear", learn_sigma: bool = False, fixed_variance: str = "small",
                  prediction: str = "epsilon", dropout: float | None = None) -> None:
-        super().__init__()
+        super().__init__(img_resolution, img_channels, label_dim, diffusion_steps, noise_schedule, learn_sigma,
+                         prediction)
         from diffusers import UNet2DModel
 
-        if prediction not in PREDICTIONS:
-            raise UserError(f"Unknown prediction '{prediction}'; loracli runs {' and '.join(PREDICTIONS)} networks.")
-        self.img_resolution, self.img_channels, self.label_dim = int(img_resolution), int(img_channels), int(label_dim)
-        self.diffusion_steps, self.noise_schedule, self.learn_sigma = int(diffusion_steps), noise_schedule, learn_sigma
-        self.prediction = prediction
         settings = check_unet_config(unet)
         if dropout is not None:  # a training setting (``--dropout``), on top of the architecture
             settings["dropout"] = float(dropout)
@@ -83,9 +69,7 @@ class DiffusersUNet(nn.Module):
                                 out_channels=self.img_channels * (2 if learn_sigma else 1),
                                 num_class_embeds=(label_dim or None) if scale_shift else None)
         if self.unet.class_embedding is not None:
-            table = self.unet.class_embedding
-            self.unet.class_embedding = VectorClassEmbedding(table.num_embeddings, table.embedding_dim)
-            self.unet.class_embedding.load_state_dict(table.state_dict())
+            self.unet.class_embedding = VectorClassEmbedding.replacing(self.unet.class_embedding)
         if scale_shift:
             self.emb_tap = nn.Identity()
             # Every block is called with ``temb=emb``; routing it through the tap here lets UC-LoRA read it
@@ -97,10 +81,6 @@ class DiffusersUNet(nn.Module):
                 if hasattr(module, "time_emb_proj"):
                     module.time_emb_proj = None
                     module.time_embedding_norm = "default"  # nothing to scale and shift with
-        if prediction == "v_prediction":
-            abar = torch.from_numpy(named_betas(noise_schedule, self.diffusion_steps)).neg().add(1).cumprod(0)
-            self.register_buffer("sqrt_abar", abar.sqrt().float(), persistent=False)
-            self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float(), persistent=False)
 
     def _tap_embedding(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         kwargs["temb"] = self.emb_tap(kwargs["temb"])
@@ -108,23 +88,7 @@ class DiffusersUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = class_labels if self.unet.class_embedding is not None else None
-        out = self.unet(x, t, labels, return_dict=False)[0]
-        if self.prediction == "v_prediction":
-            c = self.img_channels
-            a = self.sqrt_abar[t].reshape(-1, 1, 1, 1).to(out.dtype)
-            s = self.sqrt_one_minus_abar[t].reshape(-1, 1, 1, 1).to(out.dtype)
-            eps = a * out[:, :c] + s * x.to(out.dtype)
-            out = torch.cat([eps, out[:, c:]], dim=1) if self.learn_sigma else eps
-        return out
-
-
-def attention_sites(net: nn.Module) -> list[AttentionSite]:
-    """Every diffusers ``Attention`` (self-attention here): separate ``to_q``/``to_k``/``to_v``, ``to_out.0``."""
-    from diffusers.models.attention_processor import Attention
-
-    return [AttentionSite(block=name, norm=f"{name}.group_norm", qkv=(f"{name}.to_q", f"{name}.to_k", f"{name}.to_v"),
-                          proj=f"{name}.to_out.0", channels=m.query_dim, heads=m.heads)
-            for name, m in net.named_modules() if isinstance(m, Attention)]
+        return self.to_epsilon(self.unet(x, t, labels, return_dict=False)[0], x, t)
 
 
 def embedding_channels(net: DiffusersUNet) -> int:
