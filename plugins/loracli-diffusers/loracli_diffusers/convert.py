@@ -1,7 +1,8 @@
 """Reading diffusers folders for ``loracli convert`` (a ``loracli.converters`` format).
 
-A *model folder* holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or ``.bin``); a *pipeline
-folder* holds ``model_index.json``, the network in ``unet/`` and the noise process in ``scheduler/``
+A *model folder* holds ``config.json`` (a UNet2DModel or a pixel-space DiTTransformer2DModel) and
+``diffusion_pytorch_model.safetensors`` (or ``.bin``); a *pipeline folder* holds ``model_index.json``, the
+network in ``unet/`` or ``transformer/`` and the noise process in ``scheduler/``
 (``scheduler_config.json``). The scheduler's training process -- beta schedule, number of steps, prediction
 type, variance type -- becomes the ddpm-family settings of the loracli network; a model folder without a
 scheduler beside it gets diffusers' DDPMScheduler defaults (Ho et al.'s process), and says so in its
@@ -30,6 +31,7 @@ SCHEDULER_DEFAULTS = {"num_train_timesteps": 1000, "beta_schedule": "linear", "b
                       "beta_end": 0.02, "prediction_type": "epsilon", "variance_type": "fixed_small"}
 VARIANCES = {"fixed_small": (False, "small"), "fixed_large": (False, "large"), "learned_range": (True, "small")}
 # Attention parameter names of diffusers' first releases, which diffusers itself still renames on loading.
+MODELS = {"UNet2DModel": "diffusers-unet", "DiTTransformer2DModel": "diffusers-dit"}
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -61,11 +63,14 @@ def locate(path: Path) -> tuple[Path, Path | None]:
     """``(model folder, scheduler_config.json or None)`` of a model or pipeline folder."""
     if (path / "model_index.json").is_file():
         index = _json(path / "model_index.json")
-        if "unet" not in index:
+        part = next((p for p in ("unet", "transformer") if p in index), None)
+        if part is None:
             parts = ", ".join(k for k in index if not k.startswith("_")) or "none"
-            raise UserError(f"The pipeline '{path}' has no 'unet' (its parts: {parts}); loracli-diffusers converts "
-                            "UNet2DModel pipelines such as DDPMPipeline.")
-        model, scheduler = path / "unet", path / "scheduler" / "scheduler_config.json"
+            raise UserError(f"The pipeline '{path}' has no 'unet' or 'transformer' (its parts: {parts}); "
+                            "loracli-diffusers converts UNet2DModel and DiTTransformer2DModel pipelines.")
+        if index.get("vae") is not None and index.get("vae") != [None, None]:
+            raise UserError(f"The pipeline '{path}' works in a VAE's latent space; loracli runs pixel-space networks.")
+        model, scheduler = path / part, path / "scheduler" / "scheduler_config.json"
     else:
         model = path
         scheduler = path.parent / "scheduler" / "scheduler_config.json"
@@ -102,12 +107,20 @@ def process_settings(scheduler: Mapping[str, Any]) -> dict[str, Any]:
             "fixed_variance": fixed_variance, "prediction": s["prediction_type"]}
 
 
+def model_name(config: Mapping[str, Any]) -> str:
+    """The loracli model of a diffusers config.json: ``diffusers-unet`` or ``diffusers-dit``."""
+    name = config.get("_class_name", "UNet2DModel")
+    if name not in MODELS:
+        raise UserError(f"The folder holds a {name}; loracli-diffusers converts {' and '.join(MODELS)}.")
+    return MODELS[name]
+
+
 def model_settings(config: Mapping[str, Any], process: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``diffusers-unet`` builder settings of a UNet2DModel config.json and its process."""
+    """The builder settings of a UNet2DModel or DiTTransformer2DModel config.json and its process."""
+    from loracli_diffusers.dit import check_dit_config
     from loracli_diffusers.unet import check_unet_config
 
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise UserError(f"The folder holds a {config['_class_name']}; loracli-diffusers converts UNet2DModel.")
+    dit = model_name(config) == "diffusers-dit"
     size = config.get("sample_size")
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -116,12 +129,14 @@ def model_settings(config: Mapping[str, Any], process: Mapping[str, Any]) -> dic
     if not size:
         raise UserError("The UNet2DModel config states no sample_size (the image resolution).")
     channels = int(config.get("in_channels", 3))
-    out = int(config.get("out_channels", 3))
+    out = int(config.get("out_channels") or channels)
     if out != channels * (2 if process["learn_sigma"] else 1):
         raise UserError(f"The network outputs {out} channels for {channels}-channel images, which does not fit the "
                         "scheduler's variance type.")
-    return {"unet": check_unet_config(config), "img_resolution": int(size), "img_channels": channels,
-            "label_dim": int(config.get("num_class_embeds") or 0), "scale_shift": True,
+    network = {"dit": check_dit_config(config)} if dit else {"unet": check_unet_config(config)}
+    labels = config.get("num_embeds_ada_norm") if dit else config.get("num_class_embeds")
+    return {**network, "img_resolution": int(size), "img_channels": channels, "label_dim": int(labels or 0),
+            "scale_shift": True,
             "dropout": float(config.get("dropout", 0.0)), **process}  # dropout: what --init may retune
 
 
@@ -170,6 +185,8 @@ def matching_preset(settings: Mapping[str, Any]) -> str | None:
     """The ``diffusers-unet`` preset of the same network and process (label_dim may differ), if any."""
     from loracli_diffusers.unet import SPEC
 
+    if "unet" not in settings:
+        return None
     for name, preset in SPEC.presets.items():
         wanted = {k: v for k, v in preset.config.items() if k != "unet"}
         if (all(settings.get(k) == v for k, v in wanted.items())
@@ -181,11 +198,13 @@ def matching_preset(settings: Mapping[str, Any]) -> str | None:
 def read(path: Path) -> ForeignCheckpoint:
     folder, scheduler = locate(Path(path))
     process = process_settings(_json(scheduler) if scheduler else {})
-    settings = model_settings(_json(folder / "config.json"), process)
+    config = _json(folder / "config.json")
+    model, settings = model_name(config), model_settings(config, process)
     weights, tensors = read_weights(folder)
+    prefix = "net.dit." if model == "diffusers-dit" else "net.unet."
     return ForeignCheckpoint(
-        model="diffusers-unet", model_config=settings, preset=matching_preset(settings),
-        state_dict={f"net.unet.{k}": v for k, v in tensors.items()},
+        model=model, model_config=settings, preset=matching_preset(settings),
+        state_dict={prefix + k: v for k, v in tensors.items()},
         source={"file": Path(path).name, "format": "diffusers", "weights": str(weights.relative_to(path)),
                 "sha256": file_sha256(weights),
                 "scheduler": str(scheduler.relative_to(path)) if scheduler and scheduler.is_relative_to(path)

@@ -55,3 +55,29 @@ def test_only_lora_drops_adaln_zero_and_the_final_modulation():
 def test_unconditional_dit_is_refused_with_a_sentence():
     with pytest.raises(loracli.UserError, match="class-conditional"):
         loracli.create_model("diffusers-dit")
+
+
+def test_pixel_space_dit_pipeline_folder_converts_to_the_same_network(tmp_path):
+    import json
+
+    from diffusers import DDPMScheduler
+
+    from loracli.io.convert import convert_model
+
+    torch.manual_seed(1)
+    dit = DiTTransformer2DModel(sample_size=32, in_channels=3, out_channels=6, num_embeds_ada_norm=5, **TINY_DIT).eval()
+    perturb(dit.parameters(), scale=0.1)
+    dit.save_pretrained(tmp_path / "transformer")
+    DDPMScheduler(variance_type="learned_range").save_pretrained(tmp_path / "scheduler")
+    index = {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+             "scheduler": ["diffusers", "DDPMScheduler"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    model = convert_model(tmp_path, cond="class-lora")
+    assert model.config["model"] == "diffusers-dit" and model.config["model_config"]["learn_sigma"]
+    assert model.label_dim == 5
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([3, 900]), torch.tensor([4, 0])
+    with torch.no_grad():
+        assert_bit_equal(model(x, t, labels), dit(x, timestep=t, class_labels=labels).sample)
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "AutoencoderKL"]}))
+    with pytest.raises(loracli.UserError, match="latent space"):
+        convert_model(tmp_path)
