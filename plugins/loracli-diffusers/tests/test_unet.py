@@ -124,6 +124,10 @@ def test_ddpm_cifar10_preset_is_diffusers_network_and_parameter_counts():
                   for cond in ("none", "time-lora", "uc-lora")}
         bare = parameter_count(loracli.create_model("diffusers-unet", preset="ddpm-cifar10", only_lora=True).parameters())
     assert counts["none"] == reference_count == 35_746_307  # google/ddpm-cifar10-32's 35.7 M
-    # two attention blocks of 256 channels (16x16 and the middle), 4 projections each, separate LoRA branches
-    print(counts, bare)
-    assert counts["time-lora"] > counts["none"] > bare
+    # six attention blocks of 256 channels (2 down and 3 up at 16x16, the middle), 4 projections each, every
+    # projection its own branch: A [m r, 256], B [256, m r] and TimeLoRA's (T + 1) x m table (r 4, m 11)
+    assert counts["time-lora"] - counts["none"] == 6 * 4 * (2 * 44 * 256 + 1001 * 11)
+    # only LoRA: the time MLP (128 -> 512 -> 512) and every ResNet's time_emb_proj (512 -> its channels) go
+    resnet_channels = [128] * 2 + [256] * 6 + [256] * 2 + [256] * 9 + [128] * 3  # down, mid, up
+    removed = (128 * 512 + 512) + (512 * 512 + 512) + sum(512 * c + c for c in resnet_channels)
+    assert bare == counts["none"] - removed
