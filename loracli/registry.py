@@ -24,15 +24,26 @@ class AttentionSite:
     """One self-attention block of a base network, by the qualified names of its parts.
 
     ``qkv`` and ``proj`` are the projections LoRA adapts; ``norm`` is the normalisation before ``qkv``
-    (what adaLN-style conditioning modulates).
+    (what adaLN-style conditioning modulates). ``qkv`` is one name for a fused query-key-value projection
+    (``channels -> 3 * channels``) or a tuple of three names for separate ones (``channels -> channels`` each,
+    e.g. diffusers' ``to_q``, ``to_k``, ``to_v``); each adapted projection gets its own LoRA branch.
     """
 
     block: str
     norm: str
-    qkv: str
+    qkv: str | tuple[str, str, str]
     proj: str
     channels: int
     heads: int
+
+    @property
+    def qkv_names(self) -> tuple[str, ...]:
+        """The query-key-value projection(s): one fused name, or the three separate ones."""
+        return (self.qkv,) if isinstance(self.qkv, str) else tuple(self.qkv)
+
+    def projections(self) -> tuple[str, ...]:
+        """Every projection of the block LoRA adapts, query-key-value first, then the output projection."""
+        return (*self.qkv_names, self.proj)
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,8 @@ class Preset:
 
     ``config`` holds builder keyword arguments, ``conditions`` per-variant option defaults (e.g. the paper's
     18 bases for EDM CIFAR-10), ``sampling`` the sampler defaults (e.g. 18 Heun steps), ``reference`` where
-    the numbers come from.
+    the numbers come from, ``recipe`` the path of the preset's training recipe TOML when it is not
+    ``loracli/configs/<model>-<preset>.toml`` (a plugin ships its own).
     """
 
     config: Mapping[str, Any]
@@ -49,6 +61,7 @@ class Preset:
     conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sampling: Mapping[str, Any] = field(default_factory=dict)
     reference: str = ""
+    recipe: str = ""
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,9 @@ class ModelTesterMixin(_Builds):
         assert sites, "a model for attention conditioning must declare at least one attention site"
         for site in sites:
             net.net.get_submodule(site.norm)
-            assert projection_features(net.net.get_submodule(site.qkv)) == (site.channels, 3 * site.channels)
+            widths = [projection_features(net.net.get_submodule(name)) for name in site.qkv_names]
+            assert all(d_in == site.channels for d_in, _ in widths)
+            assert sum(d_out for _, d_out in widths) == 3 * site.channels
             assert projection_features(net.net.get_submodule(site.proj)) == (site.channels, site.channels)
             assert site.channels % site.heads == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-COMMANDS = ["train", "sample", "fid", "convert", "models", "info"]
+COMMANDS = ["train", "sample", "fid", "convert", "export", "models", "info"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -65,3 +65,17 @@ def test_seed_ranges():
     for bad in ("3-1", "a", "", "-2"):
         with pytest.raises(UserError):
             parse_int_list(bad)
+
+
+def test_export_without_its_plugin_or_format_is_one_sentence(cli, tmp_path, monkeypatch):
+    import loracli
+    from loracli.io.convert import base
+
+    ckpt = loracli.save(loracli.create_model("nano", model_channels=8, channel_mult=[1], attn_resolutions=[],
+                                             channels_per_head=8), tmp_path / "n.safetensors")
+    result = cli("export", ckpt)
+    assert result.exit_code == 2 and "Say which format to write" in result.output
+    monkeypatch.setattr(base, "plugin_formats", lambda: {})
+    result = cli("export", ckpt, "--diffusers", tmp_path / "out")
+    assert result.exit_code == 2 and "needs the loracli-diffusers plugin" in result.output
+    assert not (tmp_path / "out").exists()

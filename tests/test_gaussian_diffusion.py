@@ -205,3 +205,11 @@ def test_a_model_with_the_wrong_output_channels_is_refused():
     d = GaussianDiffusion.from_schedule("linear", 100, learn_sigma=True)
     with pytest.raises(ValueError, match="outputs 3 channels"):
         d.training_losses(lambda x, t, y: x, torch.zeros(1, 3, 2, 2), torch.tensor([3]))
+
+
+def test_model_config_may_state_its_fixed_variance_and_an_explicit_one_wins():
+    config = {"diffusion_steps": 100, "noise_schedule": "linear"}
+    assert GaussianDiffusion.from_model_config(config).fixed_variance == "large"
+    assert GaussianDiffusion.from_model_config({**config, "fixed_variance": "small"}).fixed_variance == "small"
+    assert GaussianDiffusion.from_model_config({**config, "fixed_variance": "small"}, fixed_variance="large"
+                                               ).fixed_variance == "large"

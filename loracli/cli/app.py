@@ -36,7 +36,7 @@ def _root(
 
 def make_app() -> typer.Typer:
     """A fresh ``loracli`` app with every subcommand registered."""
-    from loracli.cli import convert, fid, info, models, sample, train
+    from loracli.cli import convert, export, fid, info, models, sample, train
 
     app = typer.Typer(
         name="loracli",
@@ -51,6 +51,7 @@ def make_app() -> typer.Typer:
     app.command("sample", no_args_is_help=True)(sample.command)
     app.command("fid", no_args_is_help=True)(fid.command)
     app.command("convert", no_args_is_help=True)(convert.command)
+    app.command("export", no_args_is_help=True)(export.command)
     app.command("models")(models.command)
     app.command("info", no_args_is_help=True)(info.command)
     return app

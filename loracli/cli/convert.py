@@ -36,7 +36,7 @@ def output_path(src: Path, dst: Path) -> Path:
 
 @handle_errors
 def command(
-    src: Annotated[Path, typer.Argument(help="EDM network-snapshot .pkl / training-state .pt, improved-diffusion .pt, or loracli .safetensors.")],
+    src: Annotated[Path, typer.Argument(help="EDM network-snapshot .pkl / training-state .pt, improved-diffusion .pt, loracli .safetensors, or (with loracli-diffusers) a diffusers model or pipeline folder.")],
     dst: Annotated[Path, typer.Argument(help="Output loracli checkpoint (.safetensors), or an existing folder (the file is then named after SRC).")],
     cond: Annotated[Optional[str], typer.Option("--cond", help="Wrap the attention with this conditioning, e.g. uc-lora.")] = None,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="LoRA rank r (with --cond).")] = None,
@@ -76,6 +76,7 @@ def command(
       loracli convert edm-uncond.safetensors edm-uncond-uclora.safetensors --cond uc-lora
 
       loracli convert network-snapshot-200000.pkl converted/
+      loracli convert ddpm-cifar10-32/ ddpm-cifar10-timelora.safetensors --cond time-lora
     """
     from loracli.io.convert.base import convert_model, save_converted
 

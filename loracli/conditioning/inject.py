@@ -16,7 +16,7 @@ from loracli.conditioning.lora import LoRABranch, LoRAProjection, projection_fea
 
 def projection_names(model: Any) -> list[str]:
     """Qualified names (under ``model.net``) of every projection LoRA adapts, qkv then proj per block."""
-    return [name for site in model.attention_sites() for name in (site.qkv, site.proj)]
+    return [name for site in model.attention_sites() for name in site.projections()]
 
 
 def lora_projection(model: Any, name: str) -> LoRAProjection:

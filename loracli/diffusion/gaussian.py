@@ -12,8 +12,9 @@ class GaussianDiffusion:
     timestep_map: torch.Tensor         # spaced index -> original timestep (what the network receives)
 
     @classmethod
-    def from_model_config(cls, model_config, steps=None, fixed_variance="large") -> GaussianDiffusion
-        # reads diffusion_steps, noise_schedule, learn_sigma from a ddpm-family model config;
+    def from_model_config(cls, model_config, steps=None, fixed_variance=None) -> GaussianDiffusion
+        # reads diffusion_steps, noise_schedule, learn_sigma (and fixed_variance, default "large") from a
+        # ddpm-family model config;
         # steps: None (all T), an int or a respacing string like "250", "10,15,20" or "ddim50".
 
     def training_losses(self, model, x0, t, class_labels=None, noise=None) -> dict[str, Tensor]
@@ -223,13 +224,14 @@ class GaussianDiffusion:
 
     @classmethod
     def from_model_config(cls, model_config: Mapping[str, Any], steps: int | str | None = None,
-                          fixed_variance: str = "large") -> "GaussianDiffusion":
+                          fixed_variance: str | None = None) -> "GaussianDiffusion":
         """The process a ddpm-family network was built for (its ``diffusion_steps``, ``noise_schedule``,
-        ``learn_sigma``), respaced to ``steps``."""
+        ``learn_sigma`` and, when it states one, ``fixed_variance``), respaced to ``steps``."""
         try:
             schedule, num = model_config["noise_schedule"], int(model_config["diffusion_steps"])
         except KeyError as exc:
             raise UserError(f"The model config has no {exc}; it is not a ddpm-family (discrete-time) model.") from None
+        fixed_variance = fixed_variance or model_config.get("fixed_variance", "large")
         return cls.from_schedule(schedule, num, bool(model_config.get("learn_sigma", False)), steps, fixed_variance)
 
     # -- coefficients ------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def load_recipe(model: str, preset: str | None, config_file: str | Path | None =
     preset = preset or user.get("preset") or spec.default_preset
     if preset not in spec.presets:
         raise UserError(f"Model '{model}' has no preset '{preset}'; presets: {', '.join(spec.presets)}.")
-    path = recipe_path(model, preset)
+    path = Path(spec.presets[preset].recipe) if spec.presets[preset].recipe else recipe_path(model, preset)
     if path.is_file():
         recipe = merge(DEFAULTS, read_toml(path))
     elif config_file:

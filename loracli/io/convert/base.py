@@ -11,7 +11,11 @@ from typing import Any
 
 from loracli.errors import UserError
 
-# Format modules, tried in order; each has detect(path) and read(path, **options).
+# Format modules, tried in order; each has detect(path) and read(path, **options). Plugins add formats through
+# the ``loracli.converters`` entry points (each a module with the same two functions and, optionally,
+# ``hint(path) -> str | None``: the sentence for a path that does not exist, e.g. a Hub id); only they may read
+# folders.
+CONVERTER_GROUP = "loracli.converters"
 FORMATS = {
     "loracli": "loracli.io.convert.native",
     "diffusion-lora-pickle": "loracli.io.convert.diffusion_lora",  # before edm-pickle: also an EDM pickle
@@ -51,22 +55,53 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def plugin_formats() -> dict[str, str]:
+    """Formats plugins register (``loracli.converters`` entry points): name -> module."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=CONVERTER_GROUP) if ep.name not in FORMATS}
+
+
 def _format_module(name: str) -> Any:
-    return importlib.import_module(FORMATS[name])
+    return importlib.import_module({**FORMATS, **plugin_formats()}[name])
+
+
+def exporter(name: str, package: str) -> Any:
+    """The ``export(model, out)`` function of the plugin format ``name``, or a UserError naming ``package``."""
+    if name not in plugin_formats():
+        raise UserError(f"Exporting to {name} needs the {package} plugin; install it (from loracli's repository: "
+                        f"pip install -e plugins/{package}).")
+    module = _format_module(name)
+    if not hasattr(module, "export"):
+        raise UserError(f"The {name} format of {package} cannot export.")
+    return module.export
+
+
+def _plugin_modules() -> list[Any]:
+    modules = []
+    for name in plugin_formats():
+        try:
+            modules.append(_format_module(name))
+        except ImportError:
+            continue
+    return modules
 
 
 def detect_format(path: Path) -> str:
     if not path.exists():
-        raise UserError(f"No file at '{path}'.")
-    if path.is_dir():
-        raise UserError(f"'{path}' is a folder; pass a checkpoint file.")
-    for name in FORMATS:
+        hints = [m.hint(path) for m in _plugin_modules() if hasattr(m, "hint")]
+        raise UserError(next((h for h in hints if h), f"No file at '{path}'."))
+    names = list(plugin_formats()) if path.is_dir() else [*FORMATS, *plugin_formats()]
+    for name in names:
         try:
             module = _format_module(name)
         except ImportError:
             continue
         if module.detect(path):
             return name
+    if path.is_dir():
+        raise UserError(f"'{path}' is a folder loracli cannot convert; pass a checkpoint file (or a diffusers "
+                        "model or pipeline folder, with loracli-diffusers installed).")
     raise UserError(
         f"'{path}' is not a checkpoint loracli can convert (expected an NVlabs/edm or diffusion_lora "
         "network-snapshot .pkl, an improved-diffusion .pt state dict, or a loracli .safetensors)."

@@ -82,10 +82,10 @@ def _apply(model: Any, options: Mapping[str, Any]) -> None:
     model.use_embedding()
     embedding = model.embedding_channels()
     for site in model.attention_sites():
+        ref = next(model.net.get_submodule(site.proj).parameters())  # the norm may have none (no affine)
         for name, wrap, outputs in ((site.norm, ModulatedNorm, 2 * site.channels),
                                     (site.proj, GatedProjection, site.channels)):
             base = model.net.get_submodule(name)
-            ref = next(base.parameters())
             modulation = Modulation(embedding, hidden, outputs).to(device=ref.device, dtype=ref.dtype)
             model.replace_submodule(name, wrap(base, modulation, model.context))
             model.register_condition_module(modulation)
