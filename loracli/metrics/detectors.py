@@ -6,7 +6,7 @@ Two files are accepted, chosen by clean-fid's mode:
   ``legacy_tensorflow``. A TorchScript archive holds code that ``torch.jit.load`` runs; it is loaded only
   because it is the documented FID network and the user names it explicitly.
 - ``pt_inception-2015-12-05-6726825d.pth`` -- pytorch-fid's state dict, for mode ``legacy_pytorch``, read with
-  ``torch.load(weights_only=True)`` into clean-fid's copy of pytorch-fid's architecture.
+  loracli's bounded torch-file reader (``loracli.io.convert.torch_archive``) into clean-fid's copy of pytorch-fid's architecture.
 
 The file is found from ``--weights``, else ``$LORACLI_INCEPTION_WEIGHTS``, else ``<cache>/<file name>``.
 """
@@ -124,8 +124,10 @@ def _torchscript_extractor(path: Path, mode: str, device: torch.device) -> Calla
 def _state_dict_extractor(path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     from cleanfid import inception_pytorch
 
+    from loracli.io.convert.torch_archive import read_torch_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch_file(path)  # bounded and allow-listed: torch.load has no limits on nesting
     except Exception as exc:  # torch raises several types for a bad file
         raise UserError(f"'{path}' could not be read as a PyTorch state dict ({str(exc).splitlines()[0]}).") from None
     # clean-fid's builder fetches these weights from the web; hand it the user's copy instead.

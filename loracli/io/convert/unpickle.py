@@ -4,7 +4,7 @@ EDM's ``persistence`` pickles embed the source of the defining module and the st
 every global the pickle names is looked up in an exact allow-list *before* anything is called:
 
 - tensor rebuild functions and ``OrderedDict`` are the real ones; a storage blob
-  (``torch.storage._load_from_bytes``) is decoded with ``torch.load(weights_only=True)``;
+  (``torch.storage._load_from_bytes``) is decoded by loracli's bounded reader (``torch_archive``);
 - ``torch_utils.persistence._reconstruct_persistent_obj`` gives a :class:`PersistentRecord` (class name and
   state; the embedded source is an opaque string, hashed for provenance and never executed);
 - listed classes (``torch.nn.modules.container.ModuleDict``, ...) give :class:`InertRecord` objects that only

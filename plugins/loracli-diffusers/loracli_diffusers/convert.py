@@ -7,7 +7,7 @@ network in ``unet/`` or ``transformer/`` and the noise process in ``scheduler/``
 type, variance type -- becomes the ddpm-family settings of the loracli network; a model folder without a
 scheduler beside it gets diffusers' DDPMScheduler defaults (Ho et al.'s process), and says so in its
 provenance. Nothing is downloaded and no code from the folder runs: ``.safetensors`` holds only tensors and a
-``.bin`` is read by torch's weights-only unpickler.
+``.bin`` is read by loracli's bounded torch-file reader (never ``torch.load``).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def model_settings(config: Mapping[str, Any], process: Mapping[str, Any]) -> dic
 
 
 def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The folder's weights (safetensors, else a .bin through the weights-only unpickler), old names renamed."""
+    """The folder's weights (safetensors, else a .bin through loracli's bounded torch-file reader), old names renamed."""
     found = [folder / name for name in WEIGHTS if (folder / name).is_file()]
     if not found:
         others = sorted(p.name for p in folder.glob("diffusion_pytorch_model*"))
@@ -154,7 +154,9 @@ def read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
             tensors = load_file(str(path))
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            from loracli.io.convert.torch_archive import read_torch_file
+
+            tensors = read_torch_file(path)  # loracli's bounded reader: torch.load has no limits on nesting
     except Exception as exc:  # a corrupt or hostile file: one sentence, nothing of it was run
         raise UserError(f"'{path}' could not be read as plain tensors: {exc}.") from None
     if not isinstance(tensors, Mapping) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
