@@ -85,7 +85,7 @@ def _apply(model: Any, options: Mapping[str, Any]) -> None:
         for name, wrap, outputs in ((site.norm, ModulatedNorm, 2 * site.channels),
                                     (site.proj, GatedProjection, site.channels)):
             base = model.net.get_submodule(name)
-            ref = next(base.parameters())
+            ref = next(model.net.get_submodule(site.qkv).parameters())  # a norm may have none (DiT's LayerNorm)
             modulation = Modulation(embedding, hidden, outputs).to(device=ref.device, dtype=ref.dtype)
             model.replace_submodule(name, wrap(base, modulation, model.context))
             model.register_condition_module(modulation)
