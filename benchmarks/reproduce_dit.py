@@ -70,7 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "eval_images": 128, "cfd_num": 40, "classifier_epochs": 1, "classifier_images": 2000,
               "sampler": "ddim", "sample_steps": 10, "seeds": "0,1", "device": "cpu"},
     # Sized for about two hours on 2 otherwise idle CPU cores (24 runs: 2 data sets x 4 arms x 3 seeds).
-    "cpu": {"batch": 64, "steps": 600, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 2,
+    "cpu": {"batch": 64, "steps": 1000, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 2,
             "network": {"hidden_size": 64, "depth": 4, "num_heads": 4}, "snapshots": 4, "curve_images": 256,
             "eval_images": 1000, "cfd_num": 500, "classifier_epochs": 3, "classifier_images": 50000,
             "sampler": "ddim", "sample_steps": 50, "seeds": "0,1,2", "device": "cpu"},

@@ -86,8 +86,16 @@ def test_position_embedding_is_maes_table():
     assert not np.allclose(ours, sincos_2d(32, 4).numpy().reshape(4, 4, 32).transpose(1, 0, 2).reshape(16, 32))
 
 
-def test_fresh_network_is_zero_and_fresh_blocks_are_the_identity():
+@pytest.mark.parametrize("redrawn", [False, True])
+def test_fresh_network_is_zero_and_fresh_blocks_are_the_identity(redrawn):
     net = build(label_dropout=0.1)
+    if redrawn:  # every layer re-draws its own initialisation (as re-seeding a built network module by module does)
+        owners = [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+        assert all(hasattr(m, "reset_parameters") for m in owners)
+        for module in owners:
+            module.reset_parameters()
+        assert net.net.blocks[0].attn.qkv.weight.abs().max() <= (6 / (32 + 96)) ** 0.5  # xavier-uniform bound
+        assert 0.015 < net.net.t_embedder.mlp[0].weight.std() < 0.025  # N(0, 0.02)
     x, t, labels = example_inputs(net, batch=2)
     with torch.no_grad():
         assert torch.equal(net(x, t, labels), torch.zeros_like(x))

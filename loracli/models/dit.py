@@ -6,7 +6,9 @@ embedding, a timestep embedder (256 sinusoidal frequencies, then Linear-SiLU-Lin
 (a table with one extra "null" row when labels are dropped for classifier-free guidance), whose sum c drives
 adaLN-Zero in every block: ``x + gate · attn(norm(x)·(1 + scale) + shift)`` and the same for the MLP, the six
 vectors from ``Linear(SiLU(c))`` initialised to zero, so every block starts as the identity. The final layer
-modulates its norm the same way and projects each token back to a p×p patch (zero-initialised).
+modulates its norm the same way and projects each token back to a p×p patch (zero-initialised). Every layer
+draws its own reference initialisation in ``reset_parameters`` (xavier-uniform Linears, N(0, 0.02) timestep MLP
+and label table, zero adaLN and output layers), so no parent re-initialises its children.
 
 Why ddpm family: DiT is trained on discrete timesteps with IDDPM's diffusion (its own code is a copy of
 improved-diffusion's), and TimeLoRA -- one arm of the adaLN-Zero versus attention-LoRA study -- needs integer
@@ -50,6 +52,45 @@ def sincos_2d(channels: int, grid: int) -> torch.Tensor:
                      dim=1).to(torch.float32)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` with one of DiT's initialisations, drawn in ``reset_parameters`` (so re-seeding a built
+    network by module, as ``build_model(seed=)`` may, re-draws the same distribution): ``"xavier"`` (xavier
+    uniform), ``"normal"`` (N(0, 0.02)) or ``"zero"`` weights; the bias is always zero."""
+
+    def __init__(self, in_features: int, out_features: int, init: str = "xavier") -> None:
+        if init not in ("xavier", "normal", "zero"):
+            raise ValueError(f"unknown init {init!r}")
+        self.init = init  # read by reset_parameters, which nn.Linear's constructor calls
+        super().__init__(in_features, out_features)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.init == "xavier":
+            nn.init.xavier_uniform_(self.weight)
+        elif self.init == "normal":
+            nn.init.normal_(self.weight, std=0.02)
+        else:
+            nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class PatchConv(nn.Conv2d):
+    """The patch embedding's stride-p convolution, initialised like a Linear over its flattened weight."""
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight.view(self.weight.shape[0], -1))
+        nn.init.zeros_(self.bias)
+
+
+class LabelTable(nn.Embedding):
+    """The label embedder's table, N(0, 0.02) as the reference initialises it."""
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: ``x · (1 + scale) + shift`` per sample, over tokens ``[N, T, D]``."""
     return x * (1 + scale[:, None]) + shift[:, None]
@@ -60,7 +101,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, hidden_size: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.proj = PatchConv(in_channels, hidden_size, patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -72,8 +113,8 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.frequencies = PositionalEmbedding(FREQUENCY_CHANNELS, max_positions=10000)
-        self.mlp = nn.Sequential(nn.Linear(FREQUENCY_CHANNELS, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(Linear(FREQUENCY_CHANNELS, hidden_size, init="normal"), nn.SiLU(),
+                                 Linear(hidden_size, hidden_size, init="normal"))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.frequencies(t.to(torch.float32)))
@@ -85,7 +126,7 @@ class LabelEmbedder(nn.Module):
     def __init__(self, label_dim: int, hidden_size: int, dropout: float) -> None:
         super().__init__()
         self.label_dim, self.dropout = label_dim, dropout
-        self.embedding_table = nn.Embedding(label_dim + (1 if dropout > 0 else 0), hidden_size)
+        self.embedding_table = LabelTable(label_dim + (1 if dropout > 0 else 0), hidden_size)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         weights = labels.to(self.embedding_table.weight.dtype)
@@ -104,8 +145,8 @@ class Attention(nn.Module):
     def __init__(self, hidden_size: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.qkv = Linear(hidden_size, 3 * hidden_size)
+        self.proj = Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, tokens, channels = x.shape
@@ -118,8 +159,8 @@ class Mlp(nn.Module):
 
     def __init__(self, hidden_size: int, mlp_hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_hidden)
-        self.fc2 = nn.Linear(mlp_hidden, hidden_size)
+        self.fc1 = Linear(hidden_size, mlp_hidden)
+        self.fc2 = Linear(mlp_hidden, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -135,7 +176,7 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         if scale_shift:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size, init="zero"))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         if c is None:
@@ -152,9 +193,9 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int, scale_shift: bool) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.linear = Linear(hidden_size, patch_size * patch_size * out_channels, init="zero")
         if scale_shift:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 2 * hidden_size, init="zero"))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         x = self.norm_final(x)
@@ -189,29 +230,6 @@ class DiT(nn.Module):
             self.emb_tap = nn.Identity()
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, scale_shift) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, scale_shift)
-        self.initialize_weights()
-
-    @torch.no_grad()
-    def initialize_weights(self) -> None:
-        """The reference's: xavier-uniform Linears with zero biases (the patch embedding like a Linear),
-        N(0, 0.02) label table and timestep MLP weights, zero adaLN modulations and output projection."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        proj = self.x_embedder.proj
-        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        nn.init.zeros_(proj.bias)
-        if hasattr(self, "t_embedder"):
-            nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-            nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-            if self.y_embedder is not None:
-                nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-            for module in [*self.blocks, self.final_layer]:
-                nn.init.zeros_(module.adaLN_modulation[-1].weight)
-                nn.init.zeros_(module.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
 
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
         """c = t_emb + y_emb (None without adaLN), passed through the embedding tap."""
