@@ -20,9 +20,10 @@ accuracy on the samples (does the class get through?); parameters, adapter param
 step measured with the arms interleaved. Per arm against adaln: paired (same seed) differences with 95 %
 Student-t intervals. Output: results.json, results.md and figures in --out (and --figures).
 
-    python benchmarks/reproduce_dit.py --profile smoke --cifar-train cifar10-jpeg-train.zip --cifar-test cifar10-jpeg-test.zip
-    python benchmarks/reproduce_dit.py --profile cpu   --cifar-train ... --cifar-test ...      # 3 seeds, CPU
-    python benchmarks/reproduce_dit.py --profile gpu   --cifar-train ... --cifar-test ...      # DiT-S/2 size, 1 GPU
+    python benchmarks/reproduce_dit.py --profile smoke --cifar-train cifar10-jpeg-train.zip \
+        --cifar-test cifar10-jpeg-test.zip                                                  # pipeline check
+    python benchmarks/reproduce_dit.py --profile cpu --cifar-train ... --cifar-test ...    # 3 seeds, 2 CPU cores
+    python benchmarks/reproduce_dit.py --profile gpu --cifar-train ... --cifar-test ...    # DiT-S/2 size, 1 GPU
 
 Everything is cached in --out: rerunning continues an interrupted study (a run cut short resumes with
 `loracli train --resume`), and `--seeds 0,1,2,3` adds a seed to a finished one.
@@ -64,7 +65,8 @@ DATASETS = ("builtin", "cifar")
 CLASSES = 10
 RESOLUTION = 16
 PROFILES: dict[str, dict[str, Any]] = {
-    # A few minutes on a busy 2-core CPU: proves the pipeline end to end, measures nothing.
+    # Proves the pipeline end to end and measures nothing (25 minutes on a busy shared 2-core CPU, mostly the
+    # start-up of the 16 `loracli train` subprocesses).
     "smoke": {"batch": 16, "steps": 20, "lr": 1e-3, "lr_rampup_kimg": 0.1, "ema_halflife_kimg": 0.1,
               "network": {"hidden_size": 32, "depth": 2, "num_heads": 2}, "snapshots": 2, "curve_images": 64,
               "eval_images": 128, "cfd_num": 40, "classifier_epochs": 1, "classifier_images": 2000,
