@@ -13,7 +13,8 @@ EDM_AUGMENT = dict(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translat
 
 def test_every_recipe_parses_and_names_a_registered_model_and_preset():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-    assert names == ["edm-cifar10", "edm-ffhq64", "iddpm-cifar10", "iddpm-imagenet64", "nano-default"]
+    assert names == ["dit-cifar16", "dit-tiny", "edm-cifar10", "edm-ffhq64", "iddpm-cifar10", "iddpm-imagenet64",
+                     "nano-default"]
     for name in names:
         model, preset = name.split("-", 1)
         read_toml(CONFIG_DIR / f"{name}.toml")  # unknown keys would raise
