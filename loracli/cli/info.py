@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +19,8 @@ def summarize(path: Path) -> dict[str, Any]:
     The network is rebuilt from the config on the meta device (shapes only, instant even for large models)
     and its state-dict keys are compared with the file's tensor table.
     """
+    import torch
+
     from loracli.build import build_model
     from loracli.conditioning.inject import lora_projections
     from loracli.io.checkpoint import read_header, read_metadata

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
 
-import numpy as np
-import torch
 import typer
 
 from loracli.cli.common import console, handle_errors, is_rank_zero
@@ -37,6 +35,9 @@ def parse_class(text: str | None) -> int | dict[int, float] | None:
 
 def label_array(labels: list[torch.Tensor]) -> np.ndarray:
     """improved-diffusion's ``arr_1``: class indices when every vector is one-hot, else the float vectors."""
+    import numpy as np
+    import torch
+
     vectors = torch.stack(labels)
     one_hot = bool(((vectors == 0) | (vectors == 1)).all() and (vectors.sum(1) == 1).all())
     return vectors.argmax(1).numpy().astype(np.int64) if one_hot else vectors.numpy().astype(np.float32)
@@ -49,12 +50,13 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
                   **sampler_options: Any) -> dict[str, Any]:
     """Write one PNG per seed (each torchrun rank its share, once the process group is started), then on
     rank 0 grid.png, the npz and samples.json; returns the provenance record written to samples.json."""
-    from loracli import __version__
+    from loracli._version import __version__
     from loracli.generate import choose_sampler, class_table, generate, image_shape, label_dim_of, shard_indices
     from loracli.runtime import choose_precision, gather_to_rank_zero, pick_device, rank_and_world
     from loracli.images import save_grid, save_png, seed_filename
     from loracli.metrics.provenance import now
     from loracli.seeds import format_int_list
+    import torch
 
     seeds = list(seeds)
     choice = choose_sampler(net, sampler, steps, **sampler_options)  # refuse bad settings before any work
@@ -102,6 +104,9 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
 
 
 def _write_npz(outdir: Path, items: list[tuple[torch.Tensor, torch.Tensor | None]]) -> Path:
+    import numpy as np
+    import torch
+
     from loracli.io.atomic import atomic_path
 
     images = torch.stack([img for img, _ in items]).permute(0, 2, 3, 1).numpy()
