@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import traceback
 from typing import Any, Callable, TypeVar
@@ -41,6 +42,14 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def positive(value: float | None) -> float | None:
+    """Typer callback for a number that must be above 0 (a learning rate, a length in kimg); ranges closed at
+    both ends use Typer's own ``min``/``max``."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a number greater than 0, not {value}.")
+    return value
 
 
 def not_implemented(command: str, issue: str) -> None:
