@@ -144,8 +144,16 @@ def log_ticks(low: float, high: float) -> tuple[float, ...]:
 
 
 def plot_losses(rows: list[Mapping[str, Any]], path: Path, title: str) -> Path:
+    """:func:`loss_figure` written atomically as a PNG."""
+    buffer = io.BytesIO()
+    loss_figure(rows, title).savefig(buffer, format="png")
+    write_bytes(path, buffer.getvalue())
+    return path
+
+
+def loss_figure(rows: list[Mapping[str, Any]], title: str) -> Any:
     """The loss against training images on a log scale: faint points for each logged value, a smoothed curve
-    (centred mean of log-loss) over them, labelled axes and ticks; written atomically as a PNG."""
+    (centred mean of log-loss) over them, labelled axes and enough labelled ticks to read values off."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -169,10 +177,7 @@ def plot_losses(rows: list[Mapping[str, Any]], path: Path, title: str) -> Path:
     ax.grid(True, which="minor", alpha=0.12)
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    write_bytes(path, buffer.getvalue())
-    return path
+    return fig
 
 
 def grid_classes(label_dim: int, images: int) -> tuple[list[int] | None, int]:
