@@ -220,7 +220,9 @@ class Trainer:
         if not options["images"]:
             return 0
         choice = choose_sampler(self.model, options["sampler"], options["steps"])
-        return report.grid_size(self.recipe, choice.evaluations(self.model))
+        images = report.grid_size(self.recipe, choice.evaluations(self.model))
+        classes, _ = report.grid_classes(self.model.label_dim, images)
+        return images if classes is None else len(classes)  # whole rows of classes: 60 of 64 for 10 classes
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         """Every parameter, or with ``finetune`` only the adapters (the base network is frozen)."""

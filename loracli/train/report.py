@@ -46,8 +46,10 @@ def shown_settings(recipe: Mapping[str, Any], grid_images: int, threads: int | N
     the length in kimg beside it), the grid's actual size, and the CPU threads."""
     shown = json.loads(json.dumps(recipe))
     train = shown["train"]
-    kimg = train["steps"] * train["batch"] / 1000
-    train["steps"] = f"{train['steps']} ({kimg:g} kimg)"
+    steps = train["steps"]
+    train["steps"] = f"{steps} ({steps * train['batch'] / 1000:g} kimg)"
+    if train["snapshot_every"] >= steps:
+        train["snapshot_every"] = f"{train['snapshot_every']} (one snapshot, at the end)"
     for key in ("kimg", "init_kimg", "snapshot_kimg"):  # already turned into steps and snapshot_every
         train.pop(key, None)
     if threads is not None:
@@ -160,7 +162,8 @@ def loss_figure(rows: list[Mapping[str, Any]], title: str) -> Any:
 
     kept = [r for r in rows if math.isfinite(r["loss"]) and r["loss"] > 0]
     kimg, loss = [r["kimg"] for r in kept], [r["loss"] for r in kept]
-    smooth = centred_mean(np.log(loss), len(loss) // 25) if loss else np.zeros(0)
+    half_width = max(len(loss) // 25, 1 if len(loss) >= 5 else 0)
+    smooth = centred_mean(np.log(loss), half_width) if loss else np.zeros(0)
     fig = Figure(figsize=(7, 4.2), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
