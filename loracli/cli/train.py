@@ -25,10 +25,10 @@ def command(
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset: EDM zip, image folder or cifar-10-batches-py; default: built-in.")] = None,
     label_dim: Annotated[Optional[int], typer.Option("--label-dim", min=0, help="Classes of a class-conditional model, 0 for unconditional (default: 0, or the data's classes for class-lora).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training length in optimiser steps.")] = None,
-    kimg: Annotated[Optional[float], typer.Option("--kimg", callback=positive, help="Training length in thousands of images.")] = None,
+    kimg: Annotated[Optional[float], typer.Option("--kimg", callback=positive, help="Training length in thousands of images (above 0).")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Global batch size (split over torchrun processes).")] = None,
     batch_gpu: Annotated[Optional[int], typer.Option("--batch-gpu", min=1, help="Micro-batch per process; gradients accumulate to --batch.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", callback=positive, help="Learning rate.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", callback=positive, help="Learning rate (above 0).")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", min=0, max=1, help="Dropout probability of the network.")] = None,
     augment: Annotated[Optional[float], typer.Option("--augment", min=0, max=1, help="Augmentation probability p of EDM's pipe (0: off; edm family).")] = None,
     outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Run folder (default: `runs/<model>-<cond>`, numbered if taken).")] = None,
@@ -44,11 +44,11 @@ def command(
     grid: Annotated[Optional[int], typer.Option("--grid", min=0, help="Images in the sample grid of each snapshot; 0: none (default: the recipe's 64, fewer for a short run, so that the grid costs about a tenth of the training).")] = None,
     log: Annotated[Optional[str], typer.Option("--log", help="Also log to: tensorboard (event files beside metrics.jsonl; needs `pip install tensorboard`).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes (default: 0 on CPU, up to 8 per GPU).")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else up to 4 on a CPU run; see docs/training.md).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch's CPU threads (default: $OMP_NUM_THREADS if set, else half the cores, 1 to 4; see docs/training.md).")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="bf16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present, else the CPU), cpu or cuda.")] = "auto",
-    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (initialisation, data order, noise).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed (initialisation, data order, noise).")] = None,
 ) -> None:
     """Train a diffusion model, optionally with LoRA conditioning on its attention layers.
 
