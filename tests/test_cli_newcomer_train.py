@@ -284,3 +284,20 @@ def test_train_help_shows_the_device_default_and_real_run_folders(cli):
     text = re.sub(r"[\s│]+", " ", result.output)
     assert "default: auto" in text and "runs/nano-time-lora" in text and "60 images for 10" in text
     assert "runs/nano/" not in text
+
+
+def test_a_run_saved_before_the_new_settings_resumes(cli, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    assert cli("train", "nano", "--config", write_tiny_toml(tmp_path), "--steps", "1", "--grid", "0",
+               "--outdir", out).exit_code == 0
+    state = out / "state.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+    recipe = json.loads(meta["recipe"])
+    del recipe["train"]["log"], recipe["sample"]["fit_to_run"]  # as an older loracli wrote it
+    save_file(load_file(str(state)), str(state), metadata={**meta, "recipe": json.dumps(recipe)})
+    result = cli("train", "nano", "--resume", "--outdir", out, "--steps", "2", "--grid", "0")
+    assert result.exit_code == 0 and "Done at step 2" in result.output, result.output

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from loracli.errors import UserError
 from loracli.train.loop import RunResult, Trainer, TrainingDiverged
-from loracli.train.recipe import load_recipe, merge, resolve_duration
+from loracli.train.recipe import DEFAULTS, load_recipe, merge, resolve_duration
 from loracli.train.state import STATE_FILE, default_run_dir, read_state
 
 __all__ = ["start_run", "Trainer", "RunResult", "TrainingDiverged", "RESUME_CHANGEABLE"]
@@ -44,7 +44,8 @@ def resumed_recipe(run_dir: Path, model: str, overrides: Mapping[str, Any]) -> t
                         "(only the length and how it runs can; start a new run with --init to change the rest).")
     if state.recipe["model"] != model:
         raise UserError(f"The run in '{run_dir}' trains '{state.recipe['model']}', not '{model}'.")
-    return resolve_duration(with_length(merge(state.recipe, overrides), overrides)), state
+    saved = merge(DEFAULTS, state.recipe)  # a run saved by an older loracli lacks the settings added since
+    return resolve_duration(with_length(merge(saved, overrides), overrides)), state
 
 
 def with_length(recipe: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
