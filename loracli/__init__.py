@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from loracli._version import __version__
+
 __all__ = ["create_model", "load", "save", "sample", "UserError", "__version__"]
 
 _LAZY = {

@@ -21,7 +21,11 @@ def parse_cond(cond: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if cond is None:
         return []
     names = list(cond) if isinstance(cond, (list, tuple)) else [c.strip() for c in str(cond).split("+")]
-    names = [n for n in names if n]
+    if names == [""]:
+        return []
+    if not all(names):
+        raise UserError(f"Conditioning '{cond if isinstance(cond, str) else '+'.join(names)}' has an empty part; "
+                        "join variant names with single + signs, e.g. time-lora+class-lora.")
     if names == ["none"] or not names:
         return []
     if "none" in names:

@@ -1,12 +1,14 @@
-"""Where and how code runs: the device, the precision, and the processes of a torchrun job.
+"""Where and how code runs: the device, the precision, CPU threads, and the processes of a torchrun job.
 
 Training, sampling and FID all choose these the same way, so the rules live here once: ``auto`` is CUDA when
-present, else the CPU; bf16 autocast is the default on CUDA and fp32 on the CPU; only rank 0 writes.
+present, else the CPU; bf16 autocast is the default on CUDA and fp32 on the CPU; the CLI's CPU threads are
+``--threads``, else ``$OMP_NUM_THREADS``, else half the cores up to 4 (``default_threads``); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable
 
 import torch
@@ -15,6 +17,37 @@ import torch.distributed as dist
 from loracli.errors import UserError
 
 PRECISIONS = ("bf16", "fp32")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_DEFAULT_THREADS = 4
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def default_threads(cores: int | None = None) -> int:
+    """The CLI's CPU threads when none are asked for: half the usable cores, at least 1, at most 4.
+
+    torch's own default, a thread per core, spin-waits at every parallel region for its slowest thread, so
+    one busy core elsewhere (a second run, a data loader, a browser) stalls each step; on small networks such
+    as nano more than a few threads also gain little. benchmarks/cpu_threads.py measures it
+    (docs/benchmarks.md).
+    """
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Apply ``threads`` (``--threads``), else leave ``$OMP_NUM_THREADS`` (or ``$MKL_NUM_THREADS``) as torch
+    read it, else apply :func:`default_threads`; returns torch's thread count."""
+    if threads is None and not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        threads = default_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
 
 
 def pick_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:

@@ -46,7 +46,7 @@ def test_train_resume_and_what_the_run_folder_holds(cli, tmp_path):
 def test_class_conditioning_takes_the_classes_from_the_data(cli, tmp_path):
     toml, out = write_tiny_toml(tmp_path), tmp_path / "cond"
     result = cli("train", "nano", "--cond", "time-lora+class-lora", "--config", toml, "--steps", "1",
-                 "--outdir", out)
+                 "--grid", "10", "--outdir", out)
     assert result.exit_code == 0, result.output
     net = loracli.load(out / "ckpt.safetensors")
     assert net.label_dim == 10 and net.config["cond"] == ["time-lora", "class-lora"]

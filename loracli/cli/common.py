@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import traceback
 from typing import Any, Callable, TypeVar
@@ -43,6 +44,14 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def positive(value: float | None) -> float | None:
+    """Typer callback for a number that must be above 0 (a learning rate, a length in kimg); ranges closed at
+    both ends use Typer's own ``min``/``max``."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a number greater than 0, not {value}.")
+    return value
+
+
 def not_implemented(command: str, issue: str) -> None:
     raise NotImplementedYet(f"`loracli {command}` is not implemented yet ({issue}).")
 
@@ -51,17 +60,3 @@ def is_rank_zero() -> bool:
     """Only rank 0 of a torchrun job prints progress and writes files."""
     return int(os.environ.get("RANK", "0")) == 0
 
-
-def check_output_folder(path: os.PathLike[str] | str, flag: str = "--outdir") -> None:
-    """Refuse, before any work and without creating anything, an output folder that is a file or that cannot be
-    made (a file in its path, or no permission to write where it would go)."""
-    from pathlib import Path
-
-    folder = Path(path).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{flag} '{folder}' is a file, not a folder; pick another path.")
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"{flag} '{folder}' cannot be created because '{existing}' is a file; pick another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} '{folder}' cannot be written: no permission to write in '{existing}'.")

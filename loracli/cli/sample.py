@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 
-from loracli.cli.common import check_output_folder, console, handle_errors, is_rank_zero
+from loracli.cli.common import console, handle_errors, is_rank_zero
+from loracli.folders import check_output_folder
 from loracli.errors import UserError
 from loracli.seeds import parse_int_list
 
@@ -76,11 +77,11 @@ def write_samples(net: Any, seeds: Sequence[int], outdir: Path, *, class_labels:
     rank 0 grid.png, the npz and samples.json; returns the provenance record written to samples.json."""
     import torch
 
-    from loracli import __version__
+    from loracli._version import __version__
     from loracli.generate import choose_sampler, class_table, generate, image_shape, label_dim_of, shard_indices
-    from loracli.runtime import choose_precision, gather_to_rank_zero, pick_device, rank_and_world
     from loracli.images import save_grid, save_png, seed_filename
     from loracli.metrics.provenance import now
+    from loracli.runtime import choose_precision, gather_to_rank_zero, pick_device, rank_and_world
     from loracli.seeds import format_int_list
 
     seeds = list(seeds)

@@ -45,13 +45,19 @@ class ImageDataset(torch.utils.data.Dataset):
                 "label_dim": self.label_dim}
 
 
+def _unreadable(where: str, exc: Exception) -> UserError:
+    """The sentence for a file PIL cannot read, naming the file (PIL's own message names an in-memory buffer)."""
+    why = "not an image PIL can read" if isinstance(exc, PIL.UnidentifiedImageError) else str(exc)
+    return UserError(f"Cannot decode the image '{where}' ({why}); replace or remove it.")
+
+
 def decode_image(data: bytes, where: str, resolution: int) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 RGB ``[3, H, W]``, refusing images of another size."""
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             array = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
-        raise UserError(f"Cannot decode the image '{where}' ({exc}); replace or remove it.") from None
+        raise _unreadable(where, exc) from None
     if array.shape[:2] != (resolution, resolution):
         raise UserError(
             f"The image '{where}' is {array.shape[1]}x{array.shape[0]} but the data set is "
@@ -66,7 +72,7 @@ def image_size(data: bytes, where: str) -> int:
         with PIL.Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except (OSError, ValueError) as exc:
-        raise UserError(f"Cannot decode the image '{where}' ({exc}); replace or remove it.") from None
+        raise _unreadable(where, exc) from None
     if width != height:
         raise UserError(f"The image '{where}' is {width}x{height}; loracli trains on square images of one size.")
     return width

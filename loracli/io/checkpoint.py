@@ -276,7 +276,7 @@ def save(model: Any, path: str | os.PathLike, step: int = 0, ema: bool = False,
     ``step`` and ``ema`` say where in training the weights come from; ``extra`` is any JSON-able provenance
     (training data, run folder, source file of a conversion).
     """
-    from loracli import __version__
+    from loracli._version import __version__
 
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile

@@ -119,7 +119,7 @@ def reference_for(ref: str | None, data: dict[str, Any] | None, detector: Detect
 def result(fid: float, n: int, seeds: Sequence[int] | None, samples: dict[str, Any], detector: Detector,
            ref: Reference, warnings: Sequence[str] = ()) -> dict[str, Any]:
     """Everything needed to compare this number with another one, and what was said about its sizes."""
-    from loracli import __version__
+    from loracli._version import __version__
 
     return {
         "fid": fid,

@@ -150,7 +150,7 @@ def data_reference(data: str | dict[str, Any], detector: Detector, batch: int = 
     record = data if isinstance(data, dict) else ({"builtin": True} if data == "builtin" else {"path": data})
     resolution = record.get("resolution")
     if record.get("builtin"):
-        from loracli import __version__  # the built-in images are drawn by code, which may change
+        from loracli._version import __version__  # the built-in images are drawn by code, which may change
 
         size = int(count or BUILTIN_REFERENCE_SIZE)
         identity: dict[str, Any] = {"builtin": record.get("name", "builtin"), "resolution": resolution,

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from loracli.errors import UserError
 from loracli.train.loop import RunResult, Trainer, TrainingDiverged
-from loracli.train.recipe import load_recipe, merge, resolve_duration
+from loracli.train.recipe import DEFAULTS, load_recipe, merge, resolve_duration
 from loracli.train.state import STATE_FILE, default_run_dir, read_state
 
 __all__ = ["start_run", "Trainer", "RunResult", "TrainingDiverged", "RESUME_CHANGEABLE"]
@@ -21,7 +21,7 @@ __all__ = ["start_run", "Trainer", "RunResult", "TrainingDiverged", "RESUME_CHAN
 # What may differ when a run is resumed: its length and how it runs, not what it computes.
 RESUME_CHANGEABLE = frozenset({"train.steps", "train.kimg", "train.snapshot_every", "train.log_every",
                                "train.workers", "train.device", "train.compile", "train.precision",
-                               "train.batch_gpu"})
+                               "train.batch_gpu", "train.log", "sample.images", "sample.fit_to_run"})
 
 
 def changed(overrides: Mapping[str, Any], saved: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -44,7 +44,8 @@ def resumed_recipe(run_dir: Path, model: str, overrides: Mapping[str, Any]) -> t
                         "(only the length and how it runs can; start a new run with --init to change the rest).")
     if state.recipe["model"] != model:
         raise UserError(f"The run in '{run_dir}' trains '{state.recipe['model']}', not '{model}'.")
-    return resolve_duration(with_length(merge(state.recipe, overrides), overrides)), state
+    saved = merge(DEFAULTS, state.recipe)  # a run saved by an older loracli lacks the settings added since
+    return resolve_duration(with_length(merge(saved, overrides), overrides)), state
 
 
 def with_length(recipe: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,9 +56,14 @@ def with_length(recipe: dict[str, Any], overrides: Mapping[str, Any]) -> dict[st
 
 
 def start_run(model: str, preset: str | None, config_file: Path | None, overrides: dict[str, Any],
-              outdir: Path | None, resume: bool, console: Console, show: bool = True) -> RunResult:
-    """Train as ``loracli train`` describes; ``show``: this process prints (rank 0 of a torchrun job)."""
-    from loracli.train.report import config_table
+              outdir: Path | None, resume: bool, console: Console, show: bool = True,
+              threads: int | None = None) -> RunResult:
+    """Train as ``loracli train`` describes; ``show``: this process prints (rank 0 of a torchrun job);
+    ``threads``: torch's CPU threads (None: ``runtime.set_threads``'s default)."""
+    from loracli.build import parse_cond
+    from loracli.folders import check_output_folder
+    from loracli.runtime import set_threads
+    from loracli.train.report import config_table, shown_settings
 
     state = None
     if resume:
@@ -71,12 +77,16 @@ def start_run(model: str, preset: str | None, config_file: Path | None, override
 
             preset = preset or init_config(overrides["init"], model).get("preset")
         recipe = resolve_duration(with_length(load_recipe(model, preset, config_file, overrides), overrides))
+        parse_cond(recipe["cond"])  # a malformed --cond ('time-lora+') is refused before the folder is named
         run_dir = outdir or default_run_dir(model, recipe["cond"])
+        check_output_folder(run_dir)
         if (run_dir / STATE_FILE).exists():
             raise UserError(f"'{run_dir}' already holds a run; continue it with --resume or pick another --outdir.")
+    used = set_threads(threads)
     trainer = Trainer(recipe, run_dir, state=state, console=console)  # checks data and network first
     if show:
-        console.print(config_table(recipe, f"loracli train: {'resuming' if resume else 'new run'} in {run_dir}"))
+        title = f"loracli train: {'resuming' if resume else 'new run'} in {run_dir}"
+        console.print(config_table(shown_settings(recipe, trainer.grid_images, used), title))
     try:
         return trainer.run()
     finally:

@@ -24,6 +24,7 @@ from rich.console import Console
 from loracli.build import build_model
 from loracli.data.order import DataOrder, micro_batch_offset
 from loracli.errors import UserError
+from loracli.folders import writing_to
 from loracli.images import from_uint8, save_grid
 from loracli.io.atomic import write_text
 from loracli.io.checkpoint import save
@@ -63,12 +64,25 @@ class Window:
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to save and stop at the next check; a second one aborts at once."""
+    """The first Ctrl-C asks the loop to save and stop at the next check; a second one aborts at once, and so
+    does the first while the state is already saved (``saved()``: only the snapshot's grid is left to draw)."""
 
     def __init__(self, notice: Callable[[], None] | None = None) -> None:
         self.requested = False
         self.notice = notice
+        self.state_saved = False
         self._previous: Any = None
+
+    @contextlib.contextmanager
+    def saved(self) -> Iterator[None]:
+        """Within this block Ctrl-C stops at once (KeyboardInterrupt): nothing would be lost."""
+        self.state_saved = True
+        try:
+            if self.requested:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self.state_saved = False
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -76,7 +90,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested or self.state_saved:
+            self.requested = True
             raise KeyboardInterrupt
         self.requested = True
         if self.notice is not None:
@@ -104,7 +119,20 @@ def make_loader(dataset: Any, recipe: Mapping[str, Any], process: distributed.Pr
         dataset, batch_size=micro_batch, sampler=order, num_workers=int(workers),
         pin_memory=process.device.type == "cuda", persistent_workers=bool(workers),
         prefetch_factor=4 if workers else None, worker_init_fn=_ignore_sigint if workers else None)
-    return iter(loader)
+    return _one_sentence_errors(iter(loader))
+
+
+def _one_sentence_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    """A user mistake found in a DataLoader worker (an unreadable image) comes back as its own sentence:
+    torch re-raises it with the worker's traceback as the message, whose last line is the sentence."""
+    try:
+        yield from batches
+    except UserError as exc:
+        text = str(exc)
+        if "Traceback" not in text:
+            raise
+        sentence = text.strip().splitlines()[-1].partition("UserError: ")[2] or text.strip().splitlines()[-1]
+        raise UserError(sentence) from None
 
 
 def micro_batch_size(train: Mapping[str, Any], world: int) -> int:
@@ -173,12 +201,28 @@ class Trainer:
         self.micro_batch = micro_batch_size(train, self.process.world)
         self.rounds = train["batch"] // (self.micro_batch * self.process.world)
         self.generator = torch.Generator(device=device)
+        self.grid_images = self._grid_images()
+        self.tensorboard = None
+        if train["log"] == "tensorboard" and self.process.is_main:
+            self.tensorboard = report.TensorBoardLog(self.run_dir)  # refuses a missing package before any work
         self.metrics = report.MetricsLog(self.run_dir, state.step if state else None) if self.process.is_main else None
         existing = self.run_dir / CHECKPOINT_FILE
         self.last_checkpoint: Path | None = existing if state and existing.is_file() else None
         self.last_grid: Path | None = None
         self.last_plot: Path | None = None
         self.saved_step = self.step if state else -1
+
+    def _grid_images(self) -> int:
+        """The snapshot grid's size (report.grid_size); the sampler settings are checked here, before training."""
+        from loracli.generate import choose_sampler
+
+        options = self.recipe["sample"]
+        if not options["images"]:
+            return 0
+        choice = choose_sampler(self.model, options["sampler"], options["steps"])
+        images = report.grid_size(self.recipe, choice.evaluations(self.model))
+        classes, _ = report.grid_classes(self.model.label_dim, images)
+        return images if classes is None else len(classes)  # whole rows of classes: 60 of 64 for 10 classes
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         """Every parameter, or with ``finetune`` only the adapters (the base network is frozen)."""
@@ -241,32 +285,53 @@ class Trainer:
     def extra(self) -> dict[str, Any]:
         return {"data": self.data_info, "train": self.recipe, "kimg": self.step * self.recipe["train"]["batch"] / 1000}
 
-    def snapshot(self) -> None:
-        """EMA checkpoint, training state, sample grid and loss plot for the current step (rank 0 writes)."""
+    def snapshot(self, stop: StopRequest | None = None, grid: bool = True) -> None:
+        """EMA checkpoint, training state, loss plot and sample grid for the current step (rank 0 writes).
+
+        The grid comes last and only when ``grid``: an interrupted run saves and stops; with ``stop``, a Ctrl-C
+        while the grid is drawn skips the grid (everything else is saved by then).
+        """
         if self.process.is_main:
-            path = save(self.ema.model, self.run_dir / snapshot_name(self.step), step=self.step, ema=True,
-                        extra=self.extra())
-            publish(path, self.run_dir / CHECKPOINT_FILE)
-            save_state(self.run_dir / STATE_FILE, self.model, self.ema.model, self.optimizer, self.step, self.recipe)
-            self.last_checkpoint = self.run_dir / CHECKPOINT_FILE
-            self.last_grid = self.sample_grid()
-            if self.metrics is not None and self.metrics.rows:
-                self.last_plot = report.plot_losses(self.metrics.rows, self.run_dir / report.PLOT_FILE,
-                                                    f"{self.recipe['model']} {self.recipe['cond']}")
+            self.status("saving")
+            with writing_to(self.run_dir):
+                path = save(self.ema.model, self.run_dir / snapshot_name(self.step), step=self.step, ema=True,
+                            extra=self.extra())
+                publish(path, self.run_dir / CHECKPOINT_FILE)
+                save_state(self.run_dir / STATE_FILE, self.model, self.ema.model, self.optimizer, self.step,
+                           self.recipe)
+                self.last_checkpoint = self.run_dir / CHECKPOINT_FILE
+                if self.metrics is not None and self.metrics.rows:
+                    self.last_plot = report.plot_losses(self.metrics.rows, self.run_dir / report.PLOT_FILE,
+                                                        f"{self.recipe['model']} {self.recipe['cond']}")
+                if grid and self.grid_images:
+                    try:
+                        with stop.saved() if stop is not None else contextlib.nullcontext():
+                            self.last_grid = self.sample_grid()
+                    except KeyboardInterrupt:
+                        self.console.print("[yellow]Stopped drawing the grid; the state is saved.[/]")
+            self.status("train")
         self.saved_step = self.step
         distributed.barrier(self.process)
 
-    def sample_grid(self) -> Path | None:
+    def sample_grid(self) -> Path:
         from loracli.generate import sample
 
         options = self.recipe["sample"]
-        if not options["images"]:
-            return None
-        classes, columns = report.grid_classes(self.model.label_dim, int(options["images"]))
-        seeds = range(len(classes) if classes is not None else int(options["images"]))
+        classes, columns = report.grid_classes(self.model.label_dim, self.grid_images)
+        seeds = range(len(classes) if classes is not None else self.grid_images)
+        self.status(f"sampling grid ({len(seeds)} images)")
         images = sample(self.ema.model, seeds, class_labels=classes, steps=options["steps"], sampler=options["sampler"],
                         device=self.process.device)
         return save_grid(self.run_dir / grid_name(self.step), images, columns)
+
+    def status(self, what: str) -> None:
+        """Say what the run is doing: the progress bar's label, or a line when the output is not a terminal."""
+        progress = getattr(self, "progress", None)
+        if progress is None:
+            return
+        progress.update(self.task, description=what)
+        if not self.console.is_terminal and what != "train":
+            self.console.print(f"{what}...", highlight=False)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -274,18 +339,20 @@ class Trainer:
         train = self.recipe["train"]
         total_steps, batch = train["steps"], train["batch"]
         if self.process.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.json", json.dumps(self.recipe, indent=2) + "\n")
+            with writing_to(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_text(self.run_dir / "config.json", json.dumps(self.recipe, indent=2) + "\n")
         batches = make_loader(self.dataset, self.recipe, self.process, self.micro_batch, self.step)
         self.window = Window(self.step, torch.zeros((), device=self.process.device))
         bad = torch.zeros((), dtype=torch.bool, device=self.process.device)
-        progress = report.progress_bar(self.console) if self.process.is_main else None
-        notice = (lambda: self.console.print("[yellow]Stopping after this step (Ctrl-C again aborts)...[/]")) \
-            if self.process.is_main else None
+        self.progress = progress = report.progress_bar(self.console) if self.process.is_main else None
+        notice = (lambda: self.console.print("[yellow]Saving and stopping after this step (Ctrl-C again "
+                                             "aborts)...[/]")) if self.process.is_main else None
         interrupted = False
         with StopRequest(notice) as stop, progress or contextlib.nullcontext():
-            task = progress.add_task("train", total=total_steps, completed=self.step, kimg=self.step * batch / 1000,
-                                     loss="-", speed="-") if progress else None
+            self.task = task = progress.add_task("train", total=total_steps, completed=self.step,
+                                                 kimg=self.step * batch / 1000, loss="-",
+                                                 speed="-") if progress else None
             while self.step < total_steps and not interrupted:
                 loss = self.train_step(batches)
                 self.window.loss += loss
@@ -298,10 +365,11 @@ class Trainer:
                 self.report(progress, task, due_snapshot)
                 interrupted = distributed.any_true(self.process, stop.requested)
                 if due_snapshot or interrupted:
-                    self.snapshot()
+                    self.snapshot(stop, grid=not interrupted)
+                    interrupted = distributed.any_true(self.process, stop.requested)
                     self.window.clock = time.perf_counter()
-        if self.saved_step != self.step:
-            self.snapshot()
+            if self.saved_step != self.step:
+                self.snapshot(stop, grid=not interrupted)
         return RunResult(self.run_dir, self.step, self.last_checkpoint, self.last_grid, self.last_plot, interrupted)
 
     def report(self, progress: Any, task: Any, due_snapshot: bool) -> None:
@@ -314,14 +382,17 @@ class Trainer:
                "lr": learning_rate(train, self.step - 1), "img_per_s": steps * batch / max(elapsed, 1e-9),
                "time": time.time()}
         if self.metrics is not None:
-            self.metrics.append(row)
+            with writing_to(self.run_dir):
+                self.metrics.append(row)
+                if self.tensorboard is not None:
+                    self.tensorboard.append(row)
         if progress is not None:
-            progress.update(task, completed=self.step, kimg=row["kimg"], loss=f"{loss:.4f}",
-                            speed=f"{row['img_per_s']:.0f}")
+            speed = report.format_rate(row["img_per_s"])
+            progress.update(task, completed=self.step, kimg=row["kimg"], loss=f"{loss:.4f}", speed=speed)
             if not self.console.is_terminal and (due_snapshot or row["time"] - window.printed >= 30):
                 window.printed = row["time"]
                 self.console.print(f"step {self.step}/{train['steps']}  kimg {row['kimg']:.1f}  loss {loss:.4f}  "
-                                   f"{row['img_per_s']:.0f} img/s", highlight=False)
+                                   f"{speed} img/s", highlight=False)
         window.loss.zero_()
         window.start, window.clock = self.step, time.perf_counter()
 
@@ -331,4 +402,6 @@ class Trainer:
                                f"stopped ({saved}); lower --lr or check the data.")
 
     def close(self) -> None:
+        if getattr(self, "tensorboard", None) is not None:
+            self.tensorboard.close()
         distributed.stop(self.process)

@@ -61,10 +61,70 @@ DEFAULTS: dict[str, Any] = {
         "precision": None,         # bf16 | fp32; None: bf16 on CUDA, fp32 on the CPU
         "compile": False,
         "device": "auto",
+        "log": None,               # also log to: tensorboard
     },
     "augment": {},         # AugmentPipe settings (EDM family); empty or p = 0: off
-    "sample": {"images": 64, "sampler": None, "steps": None},  # the grid at each snapshot
+    # The grid at each snapshot: at most `images`; fit_to_run: fewer for a short run (see report.grid_size).
+    "sample": {"images": 64, "fit_to_run": True, "sampler": None, "steps": None},
 }
+
+LOGGERS = ("tensorboard",)
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False, integer: bool = False,
+            optional: bool = True) -> tuple[Any, str]:
+    """A test for one numeric setting, and the words that say what it must be."""
+    kind = "a whole number" if integer else "a number"
+    words = (f"{kind} greater than {low}" if low_open else f"{kind} of at least {low}" if high == math.inf
+             else f"{kind} from {low} to {high}")
+
+    def test(value: Any) -> bool:
+        if value is None:
+            return optional
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return (value > low if low_open else value >= low) and value <= high
+
+    return test, words
+
+
+# The numeric settings a recipe holds and their ranges: refused with a sentence, whatever layer gave them.
+RANGES: dict[str, Any] = {
+    "label_dim": _number(0, integer=True),
+    "train.batch": _number(1, integer=True, optional=False),
+    "train.batch_gpu": _number(1, integer=True),
+    "train.steps": _number(1, integer=True),
+    "train.kimg": _number(0, low_open=True),
+    "train.init_kimg": _number(0, low_open=True),
+    "train.lr": _number(0, low_open=True, optional=False),
+    "train.lr_rampup_kimg": _number(0),
+    "train.ema_halflife_kimg": _number(0, low_open=True),
+    "train.ema_rampup_ratio": _number(0, low_open=True),
+    "train.ema_rate": _number(0, 1),
+    "train.snapshot_kimg": _number(0, low_open=True),
+    "train.snapshot_every": _number(1, integer=True),
+    "train.log_every": _number(1, integer=True, optional=False),
+    "train.seed": _number(0, 2**63 - 1, integer=True, optional=False),
+    "train.workers": _number(0, integer=True),
+    "network.dropout": _number(0, 1),
+    "augment.p": _number(0, 1),
+    "sample.images": _number(0, integer=True, optional=False),
+    "sample.steps": _number(1, integer=True),
+}
+
+
+def check_values(recipe: Mapping[str, Any]) -> None:
+    """Refuse a setting out of its range (a negative learning rate, a dropout above 1) before anything runs."""
+    for name, (test, words) in RANGES.items():
+        table, _, key = name.rpartition(".")
+        holder = recipe.get(table) or {} if table else recipe
+        if key in holder and not test(holder[key]):
+            raise UserError(f"'{name}' must be {words}; got {holder[key]!r}.")
+    log = recipe["train"].get("log")
+    if log is not None and log not in LOGGERS:
+        raise UserError(f"Unknown log '{log}'; the logs are: {', '.join(LOGGERS)} (metrics.jsonl is always written).")
 
 
 def recipe_path(model: str, preset: str) -> Path:
@@ -146,10 +206,9 @@ def load_recipe(model: str, preset: str | None, config_file: str | Path | None =
 
 def resolve_duration(recipe: dict[str, Any]) -> dict[str, Any]:
     """Fix the run length and snapshot interval in optimiser steps (the loop counts steps)."""
+    check_values(recipe)
     train = recipe["train"]
     batch = int(train["batch"])
-    if batch < 1:
-        raise UserError(f"The batch size must be positive; got {batch}.")
 
     def steps_for(kimg: float) -> int:
         return max(1, math.ceil(float(kimg) * 1000 / batch))
