@@ -70,3 +70,17 @@ def test_missing_or_wrong_batches(tmp_path):
     (folder / "data_batch_5").write_bytes(b"\x80\x02truncated")
     with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
         open_dataset(folder)
+
+
+@pytest.mark.parametrize("payload, why", [
+    # a tuple nested 100,000 deep used as a dict key: hashing it crashes the interpreter
+    (b"\x80\x02}" + b"(" * 100_000 + b"t" * 100_000 + b"K\x00s.", "nested more than"),
+    (b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".", "nested more than"),  # a deeply nested list
+    (b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b".", "larger than the 12-byte stream"),  # BINBYTES8 of 4 EiB
+])
+def test_a_batch_built_to_exhaust_the_reader_is_refused_before_it_is_unpickled(tmp_path, payload, why):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_batches(folder)
+    (folder / "data_batch_2").write_bytes(payload)
+    with pytest.raises(UserError, match=f"data_batch_2' is not a CIFAR-10 python batch .*{why}"):
+        open_dataset(folder)

@@ -14,6 +14,7 @@ import numpy as np
 
 from loracli.data.base import ImageDataset
 from loracli.errors import UserError
+from loracli.io.convert.pickle_scan import scan
 
 TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
 FOLDER = "cifar-10-batches-py"
@@ -41,10 +42,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file -> (uint8 images ``[n, 3, 32, 32]``, int64 labels ``[n]``)."""
     try:
         with open(path, "rb") as f:
+            scan(f)  # nesting, memo and declared sizes bounded before anything is built
+            f.seek(0)
             batch = _ArrayUnpickler(f, encoding="latin1").load()
         data = np.asarray(batch["data"])
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError,
+            RecursionError, MemoryError) as exc:
         raise UserError(f"'{path}' is not a CIFAR-10 python batch ({exc}); {HOW_TO}.") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),) \
             or (labels.size and (labels.min() < 0 or labels.max() > 9)):

@@ -136,4 +136,6 @@ def scan(data: bytes | memoryview | BinaryIO, start: int = 0) -> int:
                 raise UnsafePickle(f"objects nested more than {MAX_DEPTH} deep")
     except ValueError as exc:  # genops: unknown opcode, short argument, declared size beyond the data
         raise UnsafePickle(str(exc).split("\n")[0]) from None
+    except MemoryError:  # a file object asked to read a declared size beyond any memory (it reads nothing)
+        raise UnsafePickle(f"a declared size is larger than the {size:,}-byte stream") from None
     raise UnsafePickle("the stream ends without STOP (truncated)")
