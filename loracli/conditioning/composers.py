@@ -42,9 +42,14 @@ class TimeTable(nn.Module):
         super().__init__()
         if init not in OMEGA_INITS:
             raise ValueError(f"unknown omega init {init!r}")
-        self.steps = steps
-        table = hat_weights(steps, bases) if init == "linear" else torch.randn(steps + 1, bases)
-        self.table = nn.Parameter(table)
+        self.steps, self.init = steps, init
+        self.table = nn.Parameter(torch.empty(steps + 1, bases))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        steps, bases = self.table.shape[0] - 1, self.table.shape[1]
+        with torch.no_grad():
+            self.table.copy_(hat_weights(steps, bases) if self.init == "linear" else torch.randn(steps + 1, bases))
 
     def forward(self, context: Any) -> torch.Tensor:
         t = context.require("noise_level")  # integer timesteps need no rounding: one kernel instead of four
