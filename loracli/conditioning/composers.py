@@ -34,8 +34,9 @@ def hat_weights(steps: int, bases: int) -> torch.Tensor:
 class TimeTable(nn.Module):
     """TimeLoRA: ``ω = table[t]`` for the original integer timestep t (rounded, clamped to 0..T).
 
-    ``init="linear"`` is the paper's hat-function interpolation; ``init="random"`` draws every entry i.i.d.
-    from N(0, 1), so neighbouring timesteps start with unrelated mixtures (the paper reports this fails).
+    ``init="linear"``: hat functions (linear interpolation between evenly spaced knots) -- an unverified
+    inference (PAPER.md §2.3), not an initialisation the paper spells out. ``init="random"`` draws every entry i.i.d. from N(0, 1), so neighbouring timesteps start with
+    unrelated mixtures; the paper reports no initialisation ablation, so this is a comparison, not a replication.
     """
 
     def __init__(self, steps: int, bases: int, init: str = "linear") -> None:
