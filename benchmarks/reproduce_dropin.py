@@ -132,8 +132,9 @@ def plot(summary: dict, path: Path, title: str) -> Path:
             axis.scatter([k] * entry["n"], scale * np.asarray(entry["values"]), color=COLOURS[arm], alpha=0.5,
                          marker=MARKERS[arm], s=18)
             if "low" in entry:
-                axis.errorbar([k + 0.15], [scale * entry["mean"]], color=COLOURS[arm], capsize=4, fmt="D",
-                              yerr=[[scale * (entry["mean"] - entry["low"])], [scale * (entry["high"] - entry["mean"])]])
+                below, above = scale * (entry["mean"] - entry["low"]), scale * (entry["high"] - entry["mean"])
+                axis.errorbar([k + 0.15], [scale * entry["mean"]], yerr=[[below], [above]], color=COLOURS[arm],
+                              capsize=4, fmt="D")
         per_sigma = summary[arm][vs].get("per_sigma")
         if per_sigma:
             sigmas = sigma_grid()
@@ -180,7 +181,8 @@ def markdown_table(summary: dict, pretrained: dict, classifier: dict) -> str:
                  cell("cfd", digits=3)]
         if has_fid:
             cells += [f"{s['fid']['mean']:.2f} ± {s['fid']['spread']:.2f}", cell("fid")]
-        cells += [f"{s['kimg']['mean']:.0f}", f"{s['train_wall_s']['mean']:.0f}", f"{int(s['trained_params']['mean']):,}"]
+        cells += [f"{s['kimg']['mean']:.0f}", f"{s['train_wall_s']['mean']:.0f}",
+                  f"{int(s['trained_params']['mean']):,}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nSeeds per arm: {', '.join(str(len(s['seeds'])) for s in summary.values())}. CFD floor (real test "
                  f"images, n={classifier['real_floor']['n']}): {classifier['real_floor']['cfd']:.3f}; classifier test "
@@ -227,8 +229,10 @@ def main() -> None:
     device = setting["device"]
     classifier, classifier_info = get_classifier(data, setting, out, device)
     detector, fid_ref = fid_setup(args, data, device)
-    evaluate = (lambda run_dir, net: evaluate_run(run_dir, net, data, setting, classifier,
-                                                  classifier_info["reference"], detector, fid_ref, args.fid_num, device))
+    def evaluate(run_dir: Path, net: Any) -> dict[str, Any]:
+        return evaluate_run(run_dir, net, data, setting, classifier, classifier_info["reference"], detector, fid_ref,
+                            args.fid_num, device)
+
     print("evaluating the pretrained network ...", flush=True)
     pre_record = evaluate(pre_dir, loracli.load(pretrained))
     runs = []

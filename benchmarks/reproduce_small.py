@@ -191,7 +191,8 @@ def plot_samples(runs: list[dict[str, Any]], summary: dict, path: Path) -> Path:
 
 def markdown_table(summary: dict, classifier: dict, batch: int) -> str:
     has_fid = all("fid" in s for s in summary.values())
-    head = ("| arm | held-out loss | vs baseline: mean [95 % CI] | CFD | CFD vs baseline |" + (" FID |" if has_fid else "")
+    head = ("| arm | held-out loss | vs baseline: mean [95 % CI] | CFD | CFD vs baseline |"
+            + (" FID |" if has_fid else "")
             + " s/step (img/s), interleaved | img/s in its run | parameters | adapter parameters |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for arm, s in summary.items():

@@ -105,7 +105,8 @@ def recipe_toml(setting: dict[str, Any], steps: int, script: str) -> str:
                 "ema_rampup_ratio": 0.05, "snapshot_every": max(1, steps // setting["snapshots"]),
                 "log_every": max(1, min(50, steps // 40)), "device": setting["device"], "compile": setting["compile"]}
     tables = {"network": network, "train": schedule, "augment": {"p": 0}, "sample": {"images": 0}}
-    return toml_layer(tables, f"written by benchmarks/{script}: the study's layer over loracli/configs/edm-cifar10.toml")
+    return toml_layer(tables, f"written by benchmarks/{script}: the study's layer over "
+                              "loracli/configs/edm-cifar10.toml")
 
 
 def train(arguments: list[str], run_dir: Path) -> None:
@@ -277,5 +278,6 @@ def paired_differences(entry: dict[str, Any], base: dict[str, Any]) -> dict[str,
     pairs = [(np.asarray(v), np.asarray(ref_sigma[s])) for s, v in zip(entry["seeds"], entry["per_sigma"])
              if s in ref_sigma]
     if pairs:
-        out["per_sigma"] = [paired_interval([float(v[k] / r[k] - 1) for v, r in pairs]) for k in range(len(pairs[0][0]))]
+        levels = range(len(pairs[0][0]))
+        out["per_sigma"] = [paired_interval([float(v[k] / r[k] - 1) for v, r in pairs]) for k in levels]
     return out

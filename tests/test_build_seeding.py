@@ -63,6 +63,7 @@ def test_a_module_is_drawn_as_its_constructor_draws_from_its_name_seed():
     root = torch.nn.Module()
     root.fc = Linear(32, 16, init_mode="xavier_uniform", init_bias=0.5)
     root.conv = zero_init(Conv2d(4, 8, 3))
+    root.block = zero_init(torch.nn.Sequential(torch.nn.Linear(4, 4)))  # a zeroed container stays zero
     root.plain = torch.nn.Linear(8, 4)
     generator_state = torch.get_rng_state()
     reseed_by_name(root, 11)
@@ -73,7 +74,7 @@ def test_a_module_is_drawn_as_its_constructor_draws_from_its_name_seed():
     torch.manual_seed(module_seed(11, "plain"))
     ref_plain = torch.nn.Linear(8, 4)
     assert torch.equal(root.plain.weight, ref_plain.weight)
-    assert not root.conv.weight.any() and not root.conv.bias.any()
+    assert not root.conv.weight.any() and not root.conv.bias.any() and not root.block[0].weight.any()
 
 
 def test_drop_in_adapters_are_drawn_by_name():

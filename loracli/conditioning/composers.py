@@ -35,8 +35,9 @@ class TimeTable(nn.Module):
     """TimeLoRA: ``ω = table[t]`` for the original integer timestep t (rounded, clamped to 0..T).
 
     ``init="linear"``: hat functions (linear interpolation between evenly spaced knots) -- an unverified
-    inference (PAPER.md §2.3), not an initialisation the paper spells out. ``init="random"`` draws every entry i.i.d. from N(0, 1), so neighbouring timesteps start with
-    unrelated mixtures; the paper reports no initialisation ablation, so this is a comparison, not a replication.
+    inference (PAPER.md §2.3), not an initialisation the paper spells out. ``init="random"`` draws every entry
+    i.i.d. from N(0, 1), so neighbouring timesteps start with unrelated mixtures; the paper reports no
+    initialisation ablation, so this is there to run one, not to replicate a result.
     """
 
     def __init__(self, steps: int, bases: int, init: str = "linear") -> None:

@@ -64,10 +64,9 @@ def reseed_by_name(root: nn.Module, seed: int, name_of: Callable[[str], str] = l
                if prefixes is None or any(n == p or n.startswith(p + ".") for p in prefixes)]
     for name, module in reversed(modules):  # descendants before their ancestors
         reset = getattr(module, "reset_parameters", None)
-        if reset is None:
-            continue
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(module_seed(seed, name_of(name)))
-            reset()
-        if getattr(module, "zero_init", False):
+        if reset is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(module_seed(seed, name_of(name)))
+                reset()
+        if getattr(module, "zero_init", False):  # after its descendants: a zeroed container stays zero
             _zero_own(module)
