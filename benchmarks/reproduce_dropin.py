@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, add_study_args, evaluate_run, fid_setup,  # noqa: E402
+from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
                       finished, format_interval, get_classifier, prepare_data, recipe_toml, speed, summarise_arms,
                       train)
 
@@ -71,12 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                  "attn_resolutions": [16]},
             "snapshots": 5, "curve_images": 2000, "eval_images": 10000, "cfd_num": 10000, "classifier_epochs": 15,
             "device": "cuda", "compile": True},
-    # Minutes on a CPU: every step of the pipeline, numbers meaningless.
-    "smoke": {"resolution": 16, "batch": 16, "pretrain_steps": 30, "steps": 10, "lr": 1e-3, "lr_rampup_kimg": 0.1,
-              "ema_halflife_kimg": 0.1, "train_images": 2000,
-              "network": {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [8]},
-              "snapshots": 2, "curve_images": 32, "eval_images": 64, "cfd_num": 64, "classifier_epochs": 1,
-              "device": "cpu", "compile": False},
+    "smoke": {**SMOKE, "pretrain_steps": 30, "steps": 10},
 }
 
 

@@ -29,6 +29,12 @@ from loracli.data import open_dataset  # noqa: E402
 from loracli.diffusion.evaluate import held_out_loss  # noqa: E402
 from loracli.io.atomic import atomic_path, write_text  # noqa: E402
 
+# The smoke profiles' shared part: every step of a study in minutes on a CPU, numbers meaningless.
+SMOKE = {"resolution": 16, "batch": 16, "lr": 1e-3, "lr_rampup_kimg": 0.1, "ema_halflife_kimg": 0.1,
+         "train_images": 2000, "network": {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                                           "attn_resolutions": [8]},
+         "snapshots": 2, "curve_images": 32, "eval_images": 64, "cfd_num": 64, "classifier_epochs": 1,
+         "device": "cpu", "compile": False}
 HELD_OUT_SEED = 1234  # the fixed noise of the held-out loss
 SAMPLE_STEPS = 18     # EDM Heun, NFE 35 (the paper's CIFAR-10 sampler)
 
