@@ -165,9 +165,9 @@ def markdown_table(summary: dict, pretrained: dict, classifier: dict) -> str:
     head = ("| arm | held-out loss (mean ± half-range) | vs continued: mean [95 % CI] | CFD | CFD vs continued |"
             + (" FID | FID vs continued |" if has_fid else "") + " kimg | wall time (s) | trained parameters |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
-    blank = " – |" * (2 if has_fid else 0)
+    fid = f" {pretrained['fid']['fid']:.2f} | – |" if has_fid and "fid" in pretrained else " – | – |" if has_fid else ""
     lines.append(f"| pretrained (start) | {pretrained['held_out']['mean']:.4f} | – | {pretrained['cfd']:.3f} | – |"
-                 f"{blank} – | – | – |")
+                 f"{fid} – | – | – |")
     for arm, s in summary.items():
         paired = s[vs] if arm != REFERENCE else {}
         cell = (lambda key, **kw: format_interval(paired[key], **kw) if key in paired else "–")
