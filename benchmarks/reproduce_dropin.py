@@ -141,7 +141,7 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     for axis, label in ((ax, "held-out loss vs continued (%)"), (cx, "CFD vs continued")):
         axis.axhline(0, color="grey", lw=0.8)
         axis.set_xticks(range(len(arms)), arms)
-        axis.set_xlim(-0.5, len(arms) - 0.5)
+        axis.set_xlim(-0.5, max(len(arms), 1) - 0.5)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3, axis="y")
     ax.set_title("paired by seed: points; mean and 95 % CI: diamonds")
@@ -150,7 +150,8 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     bx.set_xlabel("σ")
     bx.set_ylabel("held-out loss vs continued (%), mean and 95 % CI")
     bx.grid(alpha=0.3, which="both")
-    bx.legend()
+    if arms:
+        bx.legend()
     cx.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -176,7 +177,7 @@ def markdown_table(summary: dict, pretrained: dict, classifier: dict) -> str:
                  cell("cfd", digits=3)]
         if has_fid:
             cells += [f"{s['fid']['mean']:.2f} ± {s['fid']['spread']:.2f}", cell("fid")]
-        cells += [f"{s['kimg']['mean']:.0f}", f"{s['train_wall_s']['mean']:.0f}",
+        cells += [f"{s['kimg']['mean']:g}", f"{s['train_wall_s']['mean']:.0f}",
                   f"{int(s['trained_params']['mean']):,}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nSeeds per arm: {', '.join(str(len(s['seeds'])) for s in summary.values())}. CFD floor (real test "
