@@ -149,7 +149,7 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     bx.set_xscale("log")
     bx.set_xlabel("σ")
     bx.set_ylabel("held-out loss vs continued (%), mean and 95 % CI")
-    bx.grid(alpha=0.3, which="both")
+    bx.grid(alpha=0.3)
     if arms:
         bx.legend()
     cx.set_title(title)
