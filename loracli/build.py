@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from loracli import registry
 from loracli.conditioning.wrapper import ConditionedModel
 from loracli.errors import UserError
+from loracli.nn import reseed_by_name
 
 CONFIG_FORMAT = 1
 
@@ -102,8 +103,20 @@ def check_config(config: Mapping[str, Any]) -> None:
             )
 
 
-def build_model(config: Mapping[str, Any]) -> ConditionedModel:
-    """Build the network a resolved config describes (fresh initialisation)."""
+def seeding_name(name: str) -> str:
+    """The name a module is seeded by: its place in the network without the wrappers adapters add, so that a
+    projection keeps its weights whether or not it is wrapped (``...qkv.base_layer`` -> ``...qkv``)."""
+    return ".".join(part for part in name.split(".") if part != "base_layer")
+
+
+def build_model(config: Mapping[str, Any], seed: int | None = None) -> ConditionedModel:
+    """Build the network a resolved config describes (fresh initialisation).
+
+    With ``seed``, every module's weights are drawn from a generator seeded by the seed and the module's name
+    (:func:`loracli.nn.reseed_by_name`), so networks of one seed that differ in some layers (conditioning
+    variants, ``only_lora``) share every other tensor exactly. Without it, torch's global generator decides
+    (as for a network about to be overwritten by a checkpoint).
+    """
     if config.get("format") != CONFIG_FORMAT:
         raise UserError(f"Unsupported loracli config format {config.get('format')!r}; upgrade loracli.")
     check_config(config)
@@ -115,14 +128,17 @@ def build_model(config: Mapping[str, Any]) -> ConditionedModel:
     model = ConditionedModel(net, spec, config)
     for n in config["cond"]:
         registry.get_condition(n).apply(model, config["cond_options"][n])
+    if seed is not None:
+        reseed_by_name(model, seed, seeding_name)
     return model
 
 
-def add_conditions(model: ConditionedModel, cond: Any, **overrides: Any) -> ConditionedModel:
+def add_conditions(model: ConditionedModel, cond: Any, seed: int | None = None, **overrides: Any) -> ConditionedModel:
     """Wrap an already built (e.g. pretrained, just loaded) network with further conditioning variants.
 
     This is the paper's drop-in recipe: the adapters start at zero, so the network still computes what it
-    computed before. ``model.config`` is updated so that a checkpoint of the result rebuilds it.
+    computed before. ``model.config`` is updated so that a checkpoint of the result rebuilds it. With
+    ``seed``, the new adapters are drawn by name, as :func:`build_model` draws a whole network.
     """
     names = parse_cond(cond)
     clash = [n for n in names if n in model.config["cond"]]
@@ -139,9 +155,13 @@ def add_conditions(model: ConditionedModel, cond: Any, **overrides: Any) -> Cond
         config["cond"].append(n)
         config["cond_options"][n] = options
     check_config(config)
+    existing = {id(m) for m in model._condition_modules}
     for n in names:
         registry.get_condition(n).apply(model, config["cond_options"][n])
     model.config = config
+    if seed is not None:
+        added = {id(m) for m in model._condition_modules} - existing
+        reseed_by_name(model, seed, seeding_name, [n for n, m in model.named_modules() if id(m) in added])
     return model
 
 

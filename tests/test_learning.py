@@ -73,7 +73,7 @@ def test_class_lora_alone_makes_samples_differ_as_the_classes_do(train):
     sample_b = loracli.sample(net, seeds, class_labels=b, sampler="ddim", steps=25)
     # Per seed: the colour difference of its two samples, projected on the data's (1 = the data's difference).
     projection = (mean_colour(sample_a) - mean_colour(sample_b)) @ data_difference / data_difference.dot(data_difference)
-    # Measured here: 32/32 seeds point the data's way, mean projection 0.35. Unwired adapters: all 0.
+    # Measured here: 32/32 seeds point the data's way, mean projection 0.41. Unwired adapters: all 0.
     assert (projection > 0).float().mean() >= 0.75, projection
     assert projection.mean() >= 0.15, projection
 
@@ -84,6 +84,6 @@ def test_time_lora_alone_beats_no_conditioning_on_held_out_loss(train):
     timelora = held_out_loss(train("time-lora"), held_out)
     control = held_out_loss(train("none"), held_out)  # only-LoRA without LoRA: t reaches the network nowhere
     ratio = timelora.per_level / control.per_level
-    # Measured here: 0.95 on average, below 1 at all 16 timesteps. Unwired adapters: 1 exactly.
+    # Measured here: 0.947 on average, below 1 at all 16 timesteps. Unwired adapters: 1 exactly.
     assert timelora.mean < 0.98 * control.mean, (timelora.per_level, control.per_level)
     assert np.count_nonzero(ratio < 1) >= 14, ratio

@@ -67,3 +67,25 @@ def test_init_starts_from_the_checkpoint_with_zero_adapters(tmp_path):
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
     with torch.no_grad():
         assert torch.equal(model.eval()(x, t), base.eval()(x, t))
+
+
+def test_finetune_runs_the_frozen_base_without_dropout(tmp_path):
+    """As the official code: a frozen base is evaluated (dropout off) while its adapters train; without
+    --finetune the same network's dropout is on, so two passes differ."""
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    outputs = {}
+    for finetune in (False, True):
+        trainer, before = step_once(tmp_path / str(finetune), finetune=finetune, network={"dropout": 0.5})
+        model = trainer.model
+        assert model.training != finetune  # the root (base) module's mode
+        assert all(m.training for m in model._condition_modules)
+        with torch.no_grad():
+            outputs[finetune] = [model(x, t) for _ in range(2)]
+        if finetune:
+            batches = make_loader(trainer.dataset, trainer.recipe, trainer.process, trainer.micro_batch, 1)
+            trainer.train_step(batches)
+            assert not any(changed(trainer, before, model.base_parameters()))
+            assert any(changed(trainer, before, model.condition_parameters()))
+            assert not any(m.training for n, m in model.named_modules() if ".adapters." not in f".{n}.")
+    assert not torch.equal(*outputs[False])
+    assert torch.equal(*outputs[True])

@@ -34,7 +34,7 @@ def command(
     outdir: Annotated[Optional[Path], typer.Option("--outdir", help="Run folder (default: `runs/<model>-<cond>`, numbered if taken).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the run folder's latest state.")] = False,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this loracli checkpoint: the paper's drop-in recipe (warm-up and EMA ramp restart).")] = None,
-    finetune: Annotated[bool, typer.Option("--finetune", help="Freeze the base network; train only the adapters.")] = False,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Freeze the base network (no gradients, dropout off); train only the adapters.")] = False,
     lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", min=1, help="LoRA rank r (paper: 4).")] = None,
     bases: Annotated[Optional[int], typer.Option("--bases", min=1, help="Number of LoRA bases m.")] = None,
     mlp: Annotated[Optional[str], typer.Option("--mlp", help="UC-LoRA omega-MLP hidden widths, e.g. 128,64.")] = None,

@@ -34,17 +34,24 @@ def hat_weights(steps: int, bases: int) -> torch.Tensor:
 class TimeTable(nn.Module):
     """TimeLoRA: ``ω = table[t]`` for the original integer timestep t (rounded, clamped to 0..T).
 
-    ``init="linear"`` is the paper's hat-function interpolation; ``init="random"`` draws every entry i.i.d.
-    from N(0, 1), so neighbouring timesteps start with unrelated mixtures (the paper reports this fails).
+    ``init="linear"``: hat functions (linear interpolation between evenly spaced knots) -- an unverified
+    inference (PAPER.md §2.3), not an initialisation the paper spells out. ``init="random"`` draws every entry
+    i.i.d. from N(0, 1), so neighbouring timesteps start with unrelated mixtures; the paper reports no
+    initialisation ablation, so this is there to run one, not to replicate a result.
     """
 
     def __init__(self, steps: int, bases: int, init: str = "linear") -> None:
         super().__init__()
         if init not in OMEGA_INITS:
             raise ValueError(f"unknown omega init {init!r}")
-        self.steps = steps
-        table = hat_weights(steps, bases) if init == "linear" else torch.randn(steps + 1, bases)
-        self.table = nn.Parameter(table)
+        self.steps, self.init = steps, init
+        self.table = nn.Parameter(torch.empty(steps + 1, bases))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        steps, bases = self.table.shape[0] - 1, self.table.shape[1]
+        with torch.no_grad():
+            self.table.copy_(hat_weights(steps, bases) if self.init == "linear" else torch.randn(steps + 1, bases))
 
     def forward(self, context: Any) -> torch.Tensor:
         t = context.require("noise_level")  # integer timesteps need no rounding: one kernel instead of four

@@ -46,10 +46,18 @@ class LoRABranch(nn.Module):
         super().__init__()
         self.rank, self.bases = rank, bases
         self.variant = ""  # set when added to a projection
-        self.down = nn.Parameter(torch.randn(rank * bases, in_features) / rank)
-        self.up = nn.Parameter(torch.zeros(out_features, rank * bases))
-        self.bias = nn.Parameter(torch.zeros(rank * bases, out_features)) if bias else None
+        self.down = nn.Parameter(torch.empty(rank * bases, in_features))
+        self.up = nn.Parameter(torch.empty(out_features, rank * bases))
+        self.bias = nn.Parameter(torch.empty(rank * bases, out_features)) if bias else None
+        self.reset_parameters()
         self.omega = omega
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.down.copy_(torch.randn(self.down.shape) / self.rank)
+            self.up.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
 
     def rank_weights(self, omega: torch.Tensor) -> torch.Tensor:
         """``repeat_interleave(ω, r)``, the per-sample weight of every rank channel ``[N, m·r]`` (one copy)."""

@@ -116,6 +116,14 @@ class ConditionedModel(nn.Module):
         """Mark a module a variant added, so its parameters count as conditioning (``--finetune`` trains them)."""
         self._condition_modules.append(module)
 
+    def train_adapters_only(self, mode: bool = True) -> "ConditionedModel":
+        """Training mode for the adapters alone; the base network evaluates as frozen (dropout and label dropout
+        off), as the official code fine-tunes a frozen base (``--finetune``)."""
+        self.train(False)
+        for module in self._condition_modules:
+            module.train(mode)
+        return self
+
     def condition_parameters(self) -> Iterator[nn.Parameter]:
         seen: set[int] = set()
         for module in self._condition_modules:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loracli.nn import attention
+from loracli.nn import attention, zero_init
 from loracli.registry import AttentionSite, ModelSpec, Preset
 
 
@@ -57,11 +57,7 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
-def zeroed(module: nn.Module) -> nn.Module:
-    """Zero a layer's parameters (the reference's ``zero_module``)."""
-    for p in module.parameters():
-        p.detach().zero_()
-    return module
+zeroed = zero_init  # the reference's ``zero_module``, kept zero when the network is re-seeded by name
 
 
 class ClassEmbedding(nn.Module):
@@ -69,7 +65,12 @@ class ClassEmbedding(nn.Module):
 
     def __init__(self, num_classes: int, channels: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_classes, channels))
+        self.weight = nn.Parameter(torch.empty(num_classes, channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(self.weight.shape))
 
     def forward(self, class_labels: torch.Tensor) -> torch.Tensor:
         return class_labels.to(self.weight.dtype) @ self.weight

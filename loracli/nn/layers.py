@@ -28,6 +28,15 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
     raise ValueError(f"unknown init mode {mode!r}")
 
 
+def _draw(weight: nn.Parameter | None, bias: nn.Parameter | None, init: dict) -> None:
+    """Fill a layer's weight, then its bias, as the reference constructors draw them (one draw each, in order)."""
+    fans = dict(mode=init["mode"], fan_in=init["fan_in"], fan_out=init["fan_out"])
+    with torch.no_grad():
+        for tensor, scale in ((weight, init["weight"]), (bias, init["bias"])):
+            if tensor is not None:
+                tensor.copy_(weight_init(tensor.shape, **fans) * scale)
+
+
 class Linear(nn.Module):
     """Fully connected layer ``x @ W.T + b`` with the reference initialisation."""
 
@@ -35,9 +44,14 @@ class Linear(nn.Module):
                  init_weight: float = 1, init_bias: float = 0) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
-        self.weight = nn.Parameter(weight_init([out_features, in_features], **fans) * init_weight)
-        self.bias = nn.Parameter(weight_init([out_features], **fans) * init_bias) if bias else None
+        self.init = dict(mode=init_mode, fan_in=in_features, fan_out=out_features, weight=init_weight, bias=init_bias)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights (then the bias) from the global generator with the reference initialisation."""
+        _draw(self.weight, self.bias, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.bias.to(x.dtype) if self.bias is not None else None
@@ -60,11 +74,16 @@ class Conv2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.fused_resample = up, down, fused_resample
-        fans = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
-        self.weight = (nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], **fans) * init_weight)
-                       if kernel else None)
-        self.bias = nn.Parameter(weight_init([out_channels], **fans) * init_bias) if kernel and bias else None
+        self.init = dict(mode=init_mode, fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel,
+                         weight=init_weight, bias=init_bias)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel)) if kernel else None
+        self.bias = nn.Parameter(torch.empty(out_channels)) if kernel and bias else None
         self.register_buffer("resample_filter", _resample_filter(resample_filter) if up or down else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the weights (then the bias) from the global generator with the reference initialisation."""
+        _draw(self.weight, self.bias, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
@@ -101,6 +120,11 @@ class GroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(1)
+            self.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
@@ -125,7 +149,11 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, num_channels: int, scale: float = 16) -> None:
         super().__init__()
+        self.scale = scale
         self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+
+    def reset_parameters(self) -> None:
+        self.freqs.copy_(torch.randn(self.freqs.shape) * self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.outer(x, (2 * math.pi * self.freqs).to(x.dtype))

@@ -190,7 +190,10 @@ class Trainer:
         if state is not None:
             state.restore(self.model, self.ema.model, self.optimizer)
             self.step = state.step
-        self.model.train()
+        if self.recipe["finetune"]:
+            self.model.train_adapters_only()  # a frozen base: no dropout in it, only the adapters train
+        else:
+            self.model.train()
         self.ddp = None
         net: Any = self.model
         if self.process.distributed:

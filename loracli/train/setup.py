@@ -94,7 +94,7 @@ def build_network(recipe: Mapping[str, Any], dataset: ImageDataset) -> Any:
             network["augment_dim"] = 0  # as EDM's train.py: augmentation labels only with augmentation
         config = resolve_config(recipe["model"], recipe["preset"], names, recipe["only_lora"], label_dim,
                                 **network, **recipe["cond_options"])
-        model = build_model(config)
+        model = build_model(config, seed=recipe["train"]["seed"])
     check_data_fits(model, dataset)
     return model
 
@@ -116,7 +116,7 @@ def _from_checkpoint(recipe: Mapping[str, Any], names: list[str], dataset: Image
     load_state(model, read_tensors(path), str(path))
     new = [n for n in names if n not in config["cond"]]
     if new:
-        add_conditions(model, new, **recipe["cond_options"])
+        add_conditions(model, new, seed=recipe["train"]["seed"], **recipe["cond_options"])
     return model
 
 
