@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reproduce_small as shared  # noqa: E402  (data, classifier, run bookkeeping of the EDM study)
+import studylib as shared  # noqa: E402  (data, classifier, intervals, run bookkeeping of the EDM studies)
 import small_classifier  # noqa: E402
 
 import loracli  # noqa: E402
@@ -222,18 +222,6 @@ def evaluate_run(run_dir: Path, data: dict[str, Any], setting: dict[str, Any], c
 
 
 # -- summary and figures ---------------------------------------------------------------------------------------
-def paired_interval(differences: list[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean of paired (same-seed) differences and its two-sided Student-t interval; none with one seed."""
-    from scipy import stats
-
-    d = np.asarray(differences, dtype=np.float64)
-    entry: dict[str, Any] = {"n": int(d.size), "mean": float(d.mean()), "values": d.tolist()}
-    if d.size > 1:
-        half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-        entry.update(low=entry["mean"] - half, high=entry["mean"] + half)
-    return entry
-
-
 METRICS = {"held_out": lambda r: r["held_out"]["mean"], "cfd": lambda r: r["cfd"],
            "class_accuracy": lambda r: r["class_accuracy"]}
 
@@ -256,7 +244,7 @@ def summarise(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str
             if arm != REFERENCE_ARM and paired:
                 base = [get(reference[r["seed"]]) for r in paired]
                 diffs = [get(r) / b - 1 if key == "held_out" else get(r) - b for r, b in zip(paired, base)]
-                entry[f"{key}_vs_{REFERENCE_ARM}"] = paired_interval(diffs)
+                entry[f"{key}_vs_{REFERENCE_ARM}"] = shared.paired_interval(diffs)
         out[arm] = entry
     return out
 
