@@ -49,7 +49,7 @@ import small_classifier  # noqa: E402
 
 import loracli  # noqa: E402
 from loracli.data import BuiltinShapes  # noqa: E402
-from loracli.diffusion.evaluate import held_out_loss, timestep_grid  # noqa: E402
+from loracli.diffusion.evaluate import held_out_loss  # noqa: E402
 from loracli.errors import UserError  # noqa: E402
 from loracli.images import make_grid  # noqa: E402
 from loracli.io.atomic import atomic_path, write_text  # noqa: E402
@@ -160,32 +160,9 @@ def train_run(arm: str, seed: int, config: Path, data: Path | None, run_dir: Pat
 
 
 def step_times(arms: list[str], config: Path, out: Path, repeats: int) -> dict[str, float]:
-    """Median seconds per training step of each arm (built-in data), measured by loracli's own Trainer with the
-    arms alternating step by step, so that a busy shared machine slows every arm alike."""
-    from loracli.train.loop import Trainer, make_loader
-    from loracli.train.recipe import load_recipe, resolve_duration
-
-    trainers, batches = {}, {}
-    for arm in arms:
-        cond, only_lora = ARMS[arm]
-        recipe = resolve_duration(load_recipe("dit", None, config, {"cond": cond, "only_lora": only_lora or None,
-                                                                    "label_dim": CLASSES}))
-        trainers[arm] = Trainer(recipe, out / "timing" / arm)
-        batches[arm] = make_loader(trainers[arm].dataset, recipe, trainers[arm].process, trainers[arm].micro_batch, 0)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    try:
-        for k in range(repeats + 2):  # the first two steps warm up
-            for arm in arms:
-                start = time.perf_counter()
-                trainers[arm].train_step(batches[arm])
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                if k >= 2:
-                    times[arm].append(time.perf_counter() - start)
-    finally:
-        for trainer in trainers.values():
-            trainer.close()
-    return {arm: float(np.median(v)) for arm, v in times.items()}
+    """Median seconds per training step of each arm (built-in data), the arms alternating step by step."""
+    overrides = {arm: {"cond": ARMS[arm][0], "only_lora": ARMS[arm][1] or None, "label_dim": CLASSES} for arm in arms}
+    return shared.interleaved_step_times("dit", overrides, config, out, repeats, warmup=2)
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
-                      finished, format_interval, get_classifier, prepare_data, recipe_toml, speed, summarise_arms,
-                      train)
+                      finished, format_interval, get_classifier, interleaved_step_times, prepare_data, recipe_toml,
+                      speed, summarise_arms, train)
 
 import loracli  # noqa: E402
 from loracli.diffusion.evaluate import sigma_grid  # noqa: E402
@@ -93,32 +93,9 @@ def train_run(arm: str, seed: int, config: Path, data: Path, run_dir: Path) -> N
 
 
 def step_times(arms: list[str], config: Path, data: Path, out: Path, repeats: int) -> dict[str, float]:
-    """Median seconds per training step of each arm, measured in this process by loracli's own Trainer with the
-    arms alternating step by step, so that a busy shared machine slows every arm alike."""
-    from loracli.train.loop import Trainer, make_loader
-    from loracli.train.recipe import load_recipe, resolve_duration
-
-    trainers, batches = {}, {}
-    for arm in arms:
-        cond, only_lora = ARMS[arm]
-        recipe = resolve_duration(load_recipe("edm", None, config, {"cond": cond, "only_lora": only_lora or None,
-                                                                     "data": str(data)}))
-        trainers[arm] = Trainer(recipe, out / "timing" / arm)
-        batches[arm] = make_loader(trainers[arm].dataset, recipe, trainers[arm].process, trainers[arm].micro_batch, 0)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    try:
-        for k in range(repeats + 3):  # the first three steps warm up (torch.compile on a GPU)
-            for arm in arms:
-                start = time.perf_counter()
-                trainers[arm].train_step(batches[arm])
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                if k >= 3:
-                    times[arm].append(time.perf_counter() - start)
-    finally:
-        for trainer in trainers.values():
-            trainer.close()
-    return {arm: float(np.median(v)) for arm, v in times.items()}
+    """Median seconds per training step of each arm, the arms alternating step by step (studylib)."""
+    overrides = {arm: {"cond": ARMS[arm][0], "only_lora": ARMS[arm][1] or None, "data": str(data)} for arm in arms}
+    return interleaved_step_times("edm", overrides, config, out, repeats, warmup=3)
 
 
 # -- summary and figures ---------------------------------------------------------------------------------------

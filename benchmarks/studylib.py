@@ -137,6 +137,34 @@ def speed(run_dir: Path) -> dict[str, float]:
     return {"img_per_s": float(np.median(rates)), "train_loss_last": float(rows[-1]["loss"]),
             "train_wall_s": float(rows[-1]["time"] - (run_dir / "config.json").stat().st_mtime)}
 
+def interleaved_step_times(model: str, overrides: dict[str, dict[str, Any]], config: Path, out: Path,
+                           repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per training step of each arm (``overrides``: arm -> recipe overrides), measured in this
+    process by loracli's own Trainer with the arms alternating step by step, so that a busy shared machine
+    slows every arm alike; the first ``warmup`` steps (torch.compile on a GPU) are left out."""
+    from loracli.train.loop import Trainer, make_loader
+    from loracli.train.recipe import load_recipe, resolve_duration
+
+    trainers, batches = {}, {}
+    for arm, arm_overrides in overrides.items():
+        recipe = resolve_duration(load_recipe(model, None, config, arm_overrides))
+        trainers[arm] = Trainer(recipe, out / "timing" / arm)
+        batches[arm] = make_loader(trainers[arm].dataset, recipe, trainers[arm].process, trainers[arm].micro_batch, 0)
+    times: dict[str, list[float]] = {arm: [] for arm in overrides}
+    try:
+        for k in range(repeats + warmup):
+            for arm in overrides:
+                start = time.perf_counter()
+                trainers[arm].train_step(batches[arm])
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                if k >= warmup:
+                    times[arm].append(time.perf_counter() - start)
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+    return {arm: float(np.median(v)) for arm, v in times.items()}
+
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
 def evaluate_run(run_dir: Path, net: Any, data: dict[str, Any], setting: dict[str, Any], classifier: Any,

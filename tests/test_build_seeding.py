@@ -107,12 +107,13 @@ def test_every_registered_network_and_variant_can_be_seeded_by_name(model):
 def test_seeding_by_name_keeps_every_tensor_distribution(model):
     """A model whose constructor re-initialises its children (e.g. a parent that re-draws its Linears) would get
     their default initialisation back from ``reset_parameters``; compare with the plain build, tensor by tensor:
-    deterministic tensors must be equal, random ones of the same scale."""
+    deterministic tensors must be equal, random ones of the same scale. Class-conditional (10 classes), which
+    every model takes and some (DiT) require."""
     torch.manual_seed(0)
-    plain = loracli.create_model(model).state_dict()
+    plain = loracli.create_model(model, label_dim=10).state_dict()
     torch.manual_seed(1)
-    other = loracli.create_model(model).state_dict()
-    seeded = build_model(resolve_config(model), seed=0).state_dict()
+    other = loracli.create_model(model, label_dim=10).state_dict()
+    seeded = build_model(resolve_config(model, label_dim=10), seed=0).state_dict()
     assert plain.keys() == seeded.keys()
     for key, tensor in plain.items():
         if torch.equal(tensor, other[key]):  # not random: the re-draw must give it exactly
