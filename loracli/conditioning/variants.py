@@ -3,15 +3,15 @@
 Each LoRA variant adds one branch to the qkv and output projection of every attention block (see
 ``lora.py``); they differ only in where the basis weights ω come from (``composers.py``). Variants combine
 with ``+`` (e.g. ``time-lora+class-lora``): their branches add up on the same projections.
+
+The specs are the ``loracli.conditions`` entry points, so this module imports no torch: the ``apply`` functions
+import the LoRA modules when a variant is first applied (listing variants stays fast).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from loracli.conditioning.composers import OMEGA_INITS, ClassVector, EmbeddingMLP, TimeTable
-from loracli.conditioning.inject import add_lora
-from loracli.conditioning.lora import LoRABranch
 from loracli.errors import UserError
 from loracli.registry import ConditionSpec
 
@@ -50,6 +50,10 @@ def _apply_none(model: Any, options: Mapping[str, Any]) -> None:
 
 
 def _apply_time_lora(model: Any, options: Mapping[str, Any]) -> None:
+    from loracli.conditioning.composers import OMEGA_INITS, TimeTable
+    from loracli.conditioning.inject import add_lora
+    from loracli.conditioning.lora import LoRABranch
+
     rank, bases = _positive_int(options, "lora_rank"), _positive_int(options, "bases")
     init = options["omega_init"]
     if init not in OMEGA_INITS:
@@ -60,11 +64,19 @@ def _apply_time_lora(model: Any, options: Mapping[str, Any]) -> None:
 
 
 def _apply_class_lora(model: Any, options: Mapping[str, Any]) -> None:
+    from loracli.conditioning.composers import ClassVector
+    from loracli.conditioning.inject import add_lora
+    from loracli.conditioning.lora import LoRABranch
+
     rank, classes = _positive_int(options, "lora_rank"), model.label_dim
     add_lora(model, "class-lora", lambda d_in, d_out: LoRABranch(d_in, d_out, rank, classes, ClassVector()))
 
 
 def _apply_uc_lora(model: Any, options: Mapping[str, Any]) -> None:
+    from loracli.conditioning.composers import EmbeddingMLP
+    from loracli.conditioning.inject import add_lora
+    from loracli.conditioning.lora import LoRABranch
+
     rank, bases = _positive_int(options, "lora_rank"), _positive_int(options, "bases")
     widths = _mlp_widths(options["mlp"])
     model.use_embedding()

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracli.nn import PositionalEmbedding, attention
-from loracli.registry import AttentionSite, ModelSpec, Preset
+from loracli.models.specs import DIT as SPEC  # noqa: F401 -- declared torch-free there
+from loracli.registry import AttentionSite
 
 FREQUENCY_CHANNELS = 256  # the timestep embedder's sinusoidal input width (DiT's frequency_embedding_size)
 
@@ -275,36 +276,3 @@ def parameter_count(img_channels: int = 3, label_dim: int = 0, patch_size: int =
     timestep = FREQUENCY_CHANNELS * d + d + d * d + d
     label = (label_dim + (1 if label_dropout > 0 else 0)) * d if label_dim else 0
     return patch + timestep + label + depth * (block + 6 * d * d + 6 * d) + final + 2 * d * d + 2 * d
-
-
-SPEC = ModelSpec(
-    name="dit",
-    family="ddpm",
-    build=DiT,
-    presets={
-        "cifar16": Preset(
-            config={"img_resolution": 16, "patch_size": 2, "hidden_size": 128, "depth": 4, "num_heads": 4,
-                    "mlp_ratio": 4.0, "label_dropout": 0.0, "diffusion_steps": 1000, "noise_schedule": "cosine",
-                    "learn_sigma": False},
-            description="16x16 RGB, patch 2 (64 tokens), hidden 128, 4 blocks of 4 heads; cosine schedule, T=1000, "
-                        "epsilon only (the adaLN-Zero vs attention-LoRA study's network)",
-            conditions={"time-lora": {"bases": 11}},
-            sampling={"sampler": "ancestral", "steps": 100},
-            reference="DiT (Peebles & Xie 2023) blocks, loracli's size",
-        ),
-        "tiny": Preset(
-            config={"img_resolution": 8, "patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 2,
-                    "mlp_ratio": 4.0, "label_dropout": 0.0, "diffusion_steps": 100, "noise_schedule": "cosine",
-                    "learn_sigma": False},
-            description="8x8 RGB, hidden 32, 2 blocks, T=100: for tests",
-            conditions={"time-lora": {"bases": 5}},
-            sampling={"sampler": "ancestral", "steps": 20},
-            reference="loracli's own (tests)",
-        ),
-    },
-    default_preset="cifar16",
-    attention_sites=attention_sites,
-    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
-    embedding_channels=lambda net: net.hidden_size,
-    description="a small Diffusion Transformer (DiT, adaLN-Zero) in pixel space, patch 2",
-)

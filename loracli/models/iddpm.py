@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracli.nn import attention, zero_init
-from loracli.registry import AttentionSite, ModelSpec, Preset
+from loracli.models.specs import IDDPM as SPEC  # noqa: F401 -- declared torch-free there
+from loracli.registry import AttentionSite
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
@@ -254,36 +255,3 @@ def attention_sites(net: nn.Module) -> list[AttentionSite]:
     return [AttentionSite(block=name, norm=f"{name}.norm", qkv=f"{name}.qkv", proj=f"{name}.proj_out",
                           channels=m.qkv.in_channels, heads=m.num_heads)
             for name, m in net.named_modules() if isinstance(m, AttentionBlock)]
-
-
-_DIFFUSION = {"diffusion_steps": 4000, "noise_schedule": "cosine", "learn_sigma": True, "rescale_timesteps": True}
-_ARCH = {"model_channels": 128, "num_res_blocks": 3, "attn_resolutions": [16, 8], "num_heads": 4,
-         "num_heads_upsample": None, "use_scale_shift_norm": True, "img_channels": 3}
-_PAPER = dict(conditions={"time-lora": {"bases": 11}}, sampling={"sampler": "ancestral", "steps": None})
-
-SPEC = ModelSpec(
-    name="iddpm",
-    family="ddpm",
-    build=IDDPMUNet,
-    presets={
-        "cifar10": Preset(
-            config={"img_resolution": 32, "channel_mult": [1, 2, 2, 2], "dropout": 0.3, **_ARCH, **_DIFFUSION},
-            description="CIFAR-10 32x32: 128 ch, mult 1,2,2,2, 3 blocks, attention at 16 and 8; cosine, T=4000, "
-                        "hybrid loss (52,546,438 parameters)",
-            reference="openai/improved-diffusion README, CIFAR-10 L_hybrid (cifar10_uncond_50M_500K.pt)",
-            **_PAPER,
-        ),
-        "imagenet64": Preset(
-            config={"img_resolution": 64, "channel_mult": [1, 2, 3, 4], "dropout": 0.0, **_ARCH, **_DIFFUSION},
-            description="ImageNet 64x64: 128 ch, mult 1,2,3,4, 3 blocks, attention at 16 and 8; cosine, T=4000, "
-                        "hybrid loss (121,063,942 parameters)",
-            reference="openai/improved-diffusion README, ImageNet-64 L_hybrid (imagenet64_uncond_100M_1500K.pt)",
-            **_PAPER,
-        ),
-    },
-    default_preset="cifar10",
-    attention_sites=attention_sites,
-    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
-    embedding_channels=lambda net: net.model_channels * 4,
-    description="improved-diffusion's UNetModel (IDDPM): epsilon and learned variance over T=4000 timesteps",
-)

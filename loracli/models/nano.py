@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracli.nn import Conv2d, GroupNorm, Linear, PositionalEmbedding, attention, merge_heads
-from loracli.registry import AttentionSite, ModelSpec, Preset
+from loracli.models.specs import NANO as SPEC  # noqa: F401 -- declared torch-free there
+from loracli.registry import AttentionSite
 
 
 class ResBlock(nn.Module):
@@ -146,26 +147,3 @@ def attention_sites(net: nn.Module) -> list[AttentionSite]:
     return [AttentionSite(block=name, norm=f"{name}.norm", qkv=f"{name}.qkv", proj=f"{name}.proj",
                           channels=m.qkv.in_channels, heads=m.heads)
             for name, m in net.named_modules() if isinstance(m, AttentionBlock)]
-
-
-SPEC = ModelSpec(
-    name="nano",
-    family="ddpm",
-    build=NanoUNet,
-    presets={
-        "default": Preset(
-            config={"img_resolution": 32, "model_channels": 16, "channel_mult": [1, 2, 4], "channels_per_head": 16,
-                    "diffusion_steps": 1000, "noise_schedule": "cosine", "learn_sigma": False},
-            description="32x32 RGB, 16 channels, mult 1,2,4, attention at 16 and 8; cosine schedule, T=1000 "
-                        "(sized for the CPU: the README's run takes minutes on 2 cores)",
-            conditions={"time-lora": {"bases": 11}},
-            sampling={"sampler": "ancestral", "steps": 100},  # respaced; cleaner than DDIM 50 this small
-            reference="loracli's own (no paper configuration)",
-        ),
-    },
-    default_preset="default",
-    attention_sites=attention_sites,
-    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
-    embedding_channels=lambda net: net.map_layer1.out_features,
-    description="loracli's small U-Net for fast experiments (CPU in minutes)",
-)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from loracli.models.edm.config import full_config
 from loracli.registry import Preset
 
 _EDM_README = "NVlabs/edm README (training table) and train.py"
@@ -75,6 +74,8 @@ _PER_NETWORK = ("label_dim", "scale_shift")
 def match_preset(config: Mapping[str, Any]) -> str | None:
     """The preset describing the same network as ``config``: an exact match, else the first with the same
     architecture (so a converted checkpoint samples with its preset's defaults), else ``None``."""
+    from loracli.models.edm.config import full_config  # imports the networks; the presets themselves stay light
+
     full = full_config(config)
 
     def same(preset_config: Mapping[str, Any], ignore: tuple[str, ...]) -> bool:

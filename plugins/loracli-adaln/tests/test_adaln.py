@@ -7,7 +7,7 @@ import torch
 import loracli
 from loracli import registry
 from loracli.testing import TINY_NANO, ConditionTesterMixin, example_inputs, perturb
-from loracli_adaln import GatedProjection, ModulatedNorm
+from loracli_adaln.modulation import GatedProjection, ModulatedNorm
 
 
 class TestAdaLN(ConditionTesterMixin):

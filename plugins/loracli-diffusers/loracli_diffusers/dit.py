@@ -15,15 +15,14 @@ gone, and the timestep and class reach the network only through LoRA.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from loracli.errors import UserError
-from loracli.registry import ModelSpec, Preset
-from loracli_diffusers.common import DDPMNetwork, VectorClassEmbedding, attention_sites
+from loracli_diffusers.common import DDPMNetwork, VectorClassEmbedding
+from loracli_diffusers.specs import DIT as SPEC, TINY_DIT  # noqa: F401 -- declared torch-free there
 
 OWNED_KEYS = ("sample_size", "in_channels", "out_channels", "num_embeds_ada_norm")
 
@@ -105,30 +104,3 @@ class DiffusersDiT(DDPMNetwork):
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         out = self.dit(x, timestep=t, class_labels=class_labels, return_dict=False)[0]
         return self.to_epsilon(out, x, t)
-
-
-RECIPES = Path(__file__).resolve().parent / "configs"
-TINY_DIT = {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2, "patch_size": 4}
-
-SPEC = ModelSpec(
-    name="diffusers-dit",
-    family="ddpm",
-    build=DiffusersDiT,
-    presets={
-        "tiny": Preset(
-            config={"dit": TINY_DIT, "img_resolution": 32, "img_channels": 3, "diffusion_steps": 1000,
-                    "noise_schedule": "linear", "learn_sigma": True, "fixed_variance": "small",
-                    "prediction": "epsilon"},
-            description="32x32 RGB pixels, patch 4, width 32 (2 heads), 2 blocks; DiT's process (linear, T=1000, "
-                        "learned variance); class-conditional",
-            sampling={"sampler": "ancestral", "steps": 100},
-            reference="loracli's own (diffusers' DiTTransformer2DModel, pixel space)",
-            recipe=str(RECIPES / "diffusers-dit-tiny.toml"),
-        ),
-    },
-    default_preset="tiny",
-    attention_sites=attention_sites,
-    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
-    embedding_channels=lambda net: int(net.dit.inner_dim),
-    description="diffusers' DiTTransformer2DModel in pixel space (class-conditional; loracli-diffusers)",
-)

@@ -18,15 +18,14 @@ so a converted folder loads one to one and exports back unchanged. What loracli 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from loracli.errors import UserError
-from loracli.registry import ModelSpec, Preset
-from loracli_diffusers.common import DDPMNetwork, VectorClassEmbedding, attention_sites
+from loracli_diffusers.common import DDPMNetwork, VectorClassEmbedding
+from loracli_diffusers.specs import DDPM_CIFAR10_UNET, TINY_UNET, UNET as SPEC  # noqa: F401 -- declared torch-free there
 
 # UNet2DModel settings loracli sets itself from its own config (img_resolution, img_channels, label_dim, ...).
 OWNED_KEYS = ("sample_size", "in_channels", "out_channels", "num_class_embeds", "class_embed_type")
@@ -89,54 +88,3 @@ class DiffusersUNet(DDPMNetwork):
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = class_labels if self.unet.class_embedding is not None else None
         return self.to_epsilon(self.unet(x, t, labels, return_dict=False)[0], x, t)
-
-
-def embedding_channels(net: DiffusersUNet) -> int:
-    return int(net.unet.time_embedding.linear_2.out_features)
-
-
-# google/ddpm-cifar10-32's UNet2DModel (its config.json on the Hub), less the keys loracli owns.
-DDPM_CIFAR10_UNET = {
-    "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
-    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "time_embedding_type": "positional",
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}
-# Its scheduler: DDPMScheduler, linear betas 1e-4 .. 0.02 over 1000 steps, fixed_small variance, epsilon.
-DDPM_CIFAR10_PROCESS = {"diffusion_steps": 1000, "noise_schedule": "linear", "learn_sigma": False,
-                        "fixed_variance": "small", "prediction": "epsilon"}
-RECIPES = Path(__file__).resolve().parent / "configs"
-TINY_UNET = {
-    "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-}
-
-SPEC = ModelSpec(
-    name="diffusers-unet",
-    family="ddpm",
-    build=DiffusersUNet,
-    presets={
-        "tiny": Preset(
-            config={"unet": TINY_UNET, "img_resolution": 32, "img_channels": 3, **DDPM_CIFAR10_PROCESS},
-            description="32x32 RGB, 16/32 channels, one attention level (16x16) and the middle block; DDPM "
-                        "linear schedule, T=1000 (for tests and CPU trials)",
-            sampling={"sampler": "ancestral", "steps": 100},
-            reference="loracli's own (diffusers' UNet2DModel classes)",
-            recipe=str(RECIPES / "diffusers-unet-tiny.toml"),
-        ),
-        "ddpm-cifar10": Preset(
-            config={"unet": DDPM_CIFAR10_UNET, "img_resolution": 32, "img_channels": 3, **DDPM_CIFAR10_PROCESS},
-            description="google/ddpm-cifar10-32: 128/256/256/256 channels, attention at 16x16 and in the middle "
-                        "block; linear schedule, T=1000, fixed_small variance",
-            sampling={"sampler": "ancestral", "steps": 1000},
-            reference="Ho et al. 2020 as ported to diffusers (google/ddpm-cifar10-32)",
-            recipe=str(RECIPES / "diffusers-unet-ddpm-cifar10.toml"),
-        ),
-    },
-    default_preset="tiny",
-    attention_sites=attention_sites,
-    embedding_tap=lambda config: "emb_tap" if config.get("scale_shift", True) else None,
-    embedding_channels=embedding_channels,
-    description="diffusers' UNet2DModel (DDPM U-Nets in diffusers format; loracli-diffusers)",
-)
