@@ -271,6 +271,28 @@ def test_help_does_not_import_torch(argv):
     assert out.stdout.strip().splitlines()[-1] == "LAZY", out.stdout + out.stderr
 
 
+def test_models_lists_everything_without_torch():
+    """`loracli models` reads the specs only: no torch (nor diffusers) is imported, yet every built-in model
+    (with all its presets) and every built-in variant is listed. Entry points come from the installed
+    metadata: after changing them, reinstall (`pip install -e . --no-deps`)."""
+    import tomllib
+
+    from loracli import registry
+
+    code = ("import sys\nfrom loracli.cli.app import main\nsys.argv = ['loracli', 'models']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print([m for m in ('torch', 'diffusers') if m in sys.modules])\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "COLUMNS": "400"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
+    for name in groups[registry.MODEL_GROUP]:
+        assert name in rows, out.stdout
+        assert all(preset in rows[name] for preset in registry.get_model(name).presets), rows[name]
+    assert set(groups[registry.CONDITION_GROUP]) <= set(rows), out.stdout
+
+
 @pytest.mark.parametrize("command", ["train", "sample", "fid", "convert", "info", "models"])
 def test_flags_show_no_value_placeholder(cli, command):
     result = cli(command, "--help")
