@@ -1,9 +1,10 @@
-"""The CLI on diffusers networks (convert, train --init/--finetune/--resume, sample, info, models) and
+"""The CLI on diffusers networks (convert, train --init/--finetune/--resume, sample, fid, info, models) and
 ``loracli export --diffusers``, whose folder diffusers loads and loracli converts back to the same network."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -48,7 +49,19 @@ def test_models_lists_it_with_its_distribution():
     assert result.exit_code == 0 and "diffusers-unet" in result.output and "loracli-diffusers" in result.output
 
 
-def test_convert_train_resume_sample_info(pipeline, tmp_path):
+class StandInInception(torch.nn.Module):
+    """clean-fid's TorchScript Inception interface (resizes inside; ``layers`` on [-1, 1]) with 4 random features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 9, stride=8), torch.nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.layers((x - 128) / 128)
+
+
+def test_convert_train_resume_sample_fid_info(pipeline, tmp_path, monkeypatch):
     folder, _ = pipeline
     base = tmp_path / "base.safetensors"
     result = cli("convert", folder, base)
@@ -71,6 +84,16 @@ def test_convert_train_resume_sample_info(pipeline, tmp_path):
                  "--outdir", tmp_path / "images")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "images").glob("0*.png")) == ["000000.png", "000001.png"]
+    monkeypatch.setenv("LORACLI_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "inception-2015-12-05.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript; clean-fid's network is one
+        torch.jit.save(torch.jit.script(StandInInception().eval()), str(weights))
+    result = cli("fid", run / "ckpt.safetensors", "--num", "2", "--steps", "2", "--ref", tmp_path / "images",
+                 "--weights", weights)
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(run.glob("ckpt.fid-*.json")).read_text())
+    assert record["n"] == 2 and record["fid"] >= 0
     result = cli("info", run / "ckpt.safetensors")
     assert result.exit_code == 0 and "to_q" in result.output and "time-lora" in result.output
 
