@@ -351,16 +351,12 @@ def main() -> None:
         results["datasets"][name] = {"classifier": info, "summary": summary, "runs": runs}
         tables.append(f"### {name}\n\n" + markdown_table(summary, info, setting["batch"]))
     results.update(torch=torch.__version__, loracli=loracli.__version__, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    for folder in [out] + ([args.figures] if args.figures else []):
-        folder.mkdir(parents=True, exist_ok=True)
+    for folder in shared.figure_folders(out, args.figures):
         plot_study(results, folder / f"reproduction-dit-{args.profile}.png")
     for entry in results["datasets"].values():
         for r in entry["runs"]:
             r.pop("preview", None)
-    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
-    write_text(out / "results.md", "\n\n".join(tables) + "\n")
-    print("\n\n".join(tables))
-    print(f"results: {out / 'results.json'}")
+    shared.publish(out, results, "\n\n".join(tables))
 
 
 if __name__ == "__main__":

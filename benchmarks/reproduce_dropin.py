@@ -33,7 +33,6 @@ Everything is cached in --out: a rerun continues an interrupted study (runs resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
-                      finished, format_interval, get_classifier, prepare_data, recipe_toml, speed, summarise_arms,
-                      train)
+                      figure_folders, finished, format_interval, get_classifier, prepare_data, publish, recipe_toml,
+                      speed, summarise_arms, train)
 
 import loracli  # noqa: E402
 from loracli.diffusion.evaluate import sigma_grid  # noqa: E402
@@ -259,16 +258,11 @@ def main() -> None:
                "runs": [{k: v for k, v in r.items() if k != "preview"} for r in runs],
                "torch": torch.__version__, "loracli": loracli.__version__,
                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    publish(out, results, markdown_table(summary, pre_record, classifier_info))
     title = (f"{args.profile}: {setting['pretrain_steps']} + {setting['steps']} steps, batch {setting['batch']}, "
              f"{len(seeds)} seeds")
-    for folder in [out] + ([args.figures] if args.figures else []):
-        folder.mkdir(parents=True, exist_ok=True)
+    for folder in figure_folders(out, args.figures):
         plot(summary, folder / f"dropin-{args.profile}.png", title)
-    table = markdown_table(summary, pre_record, classifier_info)
-    write_text(out / "results.md", table + "\n")
-    print(table)
-    print(f"results: {out / 'results.json'}")
 
 
 if __name__ == "__main__":

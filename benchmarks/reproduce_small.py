@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
-                      finished, format_interval, get_classifier, interleaved_step_times, prepare_data, recipe_toml,
-                      speed, summarise_arms, train)
+                      figure_folders, finished, format_interval, get_classifier, interleaved_step_times, prepare_data, recipe_toml,
+                      publish, speed, summarise_arms, train)
 
 import loracli  # noqa: E402
 from loracli.diffusion.evaluate import sigma_grid  # noqa: E402
@@ -254,16 +254,10 @@ def main() -> None:
                "runs": [{k: v for k, v in r.items() if k != "preview"} for r in runs],
                "torch": torch.__version__, "loracli": loracli.__version__,
                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
-    figures = [out] + ([args.figures] if args.figures else [])
-    for folder in figures:
-        folder.mkdir(parents=True, exist_ok=True)
+    publish(out, results, markdown_table(summary, classifier_info, setting["batch"]))
+    for folder in figure_folders(out, args.figures):
         plot_curves(runs, summary, setting, folder / f"reproduction-{args.profile}-loss.png")
         plot_samples(runs, summary, folder / f"reproduction-{args.profile}-samples.png")
-    table = markdown_table(summary, classifier_info, setting["batch"])
-    write_text(out / "results.md", table + "\n")
-    print(table)
-    print(f"results: {out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,22 @@ def get_classifier(data: dict[str, Any], setting: dict[str, Any], out: Path, dev
 
 
 # -- paired differences ----------------------------------------------------------------------------------------
+def figure_folders(out: Path, figures: Path | None) -> list[Path]:
+    """Where a study's figures go: its output folder, and ``--figures`` (e.g. docs/figures) when given."""
+    folders = [out] + ([figures] if figures else [])
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+def publish(out: Path, results: dict[str, Any], table: str) -> None:
+    """Write a study's results.json and results.md (atomically) and print the table."""
+    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_text(out / "results.md", table + "\n")
+    print(table)
+    print(f"results: {out / 'results.json'}")
+
+
 def paired_interval(differences: list[float], level: float = 0.95) -> dict[str, Any]:
     """Mean of paired differences (one per seed) and its two-sided Student-t interval (n - 1 degrees of
     freedom); with one seed there is no interval."""
