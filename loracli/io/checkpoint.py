@@ -135,9 +135,10 @@ def check_config_types(config: Any) -> None:
         raise ValueError("its config is not an object of model, model_config, cond and cond_options")
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The loracli metadata of a checkpoint: ``config``, ``step``, ``ema``, ``extra`` (parsed JSON)."""
-    meta = read_header(path).get("__metadata__") or {}
+def read_metadata(path: str | os.PathLike, header: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The loracli metadata of a checkpoint: ``config``, ``step``, ``ema``, ``extra`` (parsed JSON); from
+    ``header`` when the caller has already read and checked it."""
+    meta = (read_header(path) if header is None else header).get("__metadata__") or {}
     if meta.get("format") != FORMAT or "config" not in meta:
         raise UserError(
             f"'{path}' is a safetensors file but not a loracli checkpoint; "
@@ -322,8 +323,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     """``(metadata, header, meta-device network)`` of a checkpoint, after every check :func:`load` makes
     except reading the tensors: header, config, names, model, preset, and tensors that fit the network."""
     path = Path(path)
-    info = read_metadata(path)
     header = read_header(path)
+    info = read_metadata(path, header)
     skeleton = build_skeleton(info["config"], str(path))
     check_fits(skeleton, tensor_table(header), str(path))
     return info, header, skeleton
