@@ -22,7 +22,7 @@ Student-t intervals. Output: results.json, results.md and figures in --out (and 
 
     python benchmarks/reproduce_dit.py --profile smoke --cifar-train cifar10-jpeg-train.zip \
         --cifar-test cifar10-jpeg-test.zip                                                  # pipeline check
-    python benchmarks/reproduce_dit.py --profile cpu --cifar-train ... --cifar-test ...    # 3 seeds, 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/reproduce_dit.py --profile cpu --cifar-train ... --cifar-test ...  # 3 seeds
     python benchmarks/reproduce_dit.py --profile gpu --cifar-train ... --cifar-test ...    # DiT-S/2 size, 1 GPU
 
 Everything is cached in --out: rerunning continues an interrupted study (a run cut short resumes with
@@ -71,9 +71,9 @@ PROFILES: dict[str, dict[str, Any]] = {
               "network": {"hidden_size": 32, "depth": 2, "num_heads": 2}, "snapshots": 2, "curve_images": 64,
               "eval_images": 128, "cfd_num": 40, "classifier_epochs": 1, "classifier_images": 2000,
               "sampler": "ddim", "sample_steps": 10, "seeds": "0,1", "device": "cpu"},
-    # Sized for about two hours on 2 otherwise idle CPU cores (24 runs: 2 data sets x 4 arms x 3 seeds).
-    "cpu": {"batch": 64, "steps": 1000, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 2,
-            "network": {"hidden_size": 64, "depth": 4, "num_heads": 4}, "snapshots": 4, "curve_images": 256,
+    # About 1 h 45 min on one CPU core with OMP_NUM_THREADS=1 (24 runs: 2 data sets x 4 arms x 3 seeds).
+    "cpu": {"batch": 64, "steps": 750, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 2,
+            "network": {"hidden_size": 64, "depth": 4, "num_heads": 4}, "snapshots": 3, "curve_images": 128,
             "eval_images": 1000, "cfd_num": 500, "classifier_epochs": 3, "classifier_images": 50000,
             "sampler": "ddim", "sample_steps": 50, "seeds": "0,1,2", "device": "cpu"},
     # DiT-S/2's transformer (hidden 384, 12 blocks, 6 heads) at 16x16 on one GPU.
@@ -252,38 +252,64 @@ def markdown_table(summary: dict[str, dict[str, Any]], classifier: dict[str, Any
 
 
 def plot_study(results: dict[str, Any], path: Path) -> Path:
-    """Per data set: held-out loss per timestep relative to adaln (mean over seeds), and the samples of each
-    arm's first-seed run for classes 0-9 (the same sampling seeds in every row)."""
+    """One row per data set. Left: held-out ε-MSE per timestep against adaln's run of the same seed (mean of the
+    paired differences, band: 95 % interval); middle: the classifier's accuracy on each run's samples (points:
+    seeds, diamond and bar: mean and 95 % interval), against chance and the classifier's accuracy on real test
+    images; right: the samples of each arm's first-seed run for classes 0-9. Linear y axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(results["datasets"])
-    fig, axes = plt.subplots(len(names), 2, figsize=(12, 3.6 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(len(names), 3, figsize=(17, 3.9 * len(names)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.2, 0.8, 1.3]})
     colours = {"adaln": "tab:blue", "adaln-lora": "tab:orange", "only-lora": "tab:green", "no-cond": "tab:red"}
-    for row, name in zip(axes, names):
-        runs = results["datasets"][name]["runs"]
-        arms = list(results["datasets"][name]["summary"])
-        per_arm = {arm: np.mean([r["held_out"]["per_timestep"] for r in runs if r["arm"] == arm], axis=0)
-                   for arm in arms}
+    markers = {"adaln": "o", "adaln-lora": "s", "only-lora": "^", "no-cond": "v"}
+    for (lx, ax, sx), name in zip(axes, names):
+        entry = results["datasets"][name]
+        runs, arms = entry["runs"], list(entry["summary"])
+        base = {r["seed"]: np.asarray(r["held_out"]["per_timestep"]) for r in runs if r["arm"] == REFERENCE_ARM}
         timesteps = runs[0]["held_out"]["timesteps"]
         for arm in arms:
-            row[0].plot(timesteps, per_arm[arm] / per_arm[REFERENCE_ARM], "o-", ms=3, color=colours[arm], label=arm)
-        row[0].axhline(1, color="grey", lw=0.8)
-        row[0].set_xlabel("timestep t")
-        row[0].set_ylabel("held-out ε-MSE / adaln's")
-        row[0].set_title(f"{name}: where the arms differ (mean over seeds)")
-        row[0].grid(alpha=0.3)
-        row[0].legend(fontsize=8)
+            if arm == REFERENCE_ARM:
+                continue
+            ratios = [np.asarray(r["held_out"]["per_timestep"]) / base[r["seed"]] - 1
+                      for r in runs if r["arm"] == arm and r["seed"] in base]
+            per_t = [shared.paired_interval([100 * float(x[k]) for x in ratios]) for k in range(len(timesteps))]
+            lx.plot(timesteps, [e["mean"] for e in per_t], marker=markers[arm], ms=4, color=colours[arm], label=arm)
+            if all("low" in e for e in per_t):
+                lx.fill_between(timesteps, [e["low"] for e in per_t], [e["high"] for e in per_t],
+                                color=colours[arm], alpha=0.15)
+        lx.axhline(0, color=colours[REFERENCE_ARM], lw=1, label=f"{REFERENCE_ARM} (reference)")
+        lx.set_xlabel("timestep t (0: least noise)")
+        lx.set_ylabel("held-out ε-MSE vs adaln (%)")
+        lx.set_title(f"{name}: paired by seed, mean and 95 % interval")
+        lx.grid(alpha=0.3)
+        lx.legend(fontsize=8)
+        for k, arm in enumerate(arms):
+            values = [r["class_accuracy"] for r in runs if r["arm"] == arm]
+            ax.scatter([k] * len(values), values, color=colours[arm], marker=markers[arm], alpha=0.6, s=22)
+            if len(values) > 1:
+                interval = shared.paired_interval(values)
+                ax.errorbar([k + 0.18], [interval["mean"]], fmt="D", color=colours[arm], capsize=4,
+                            yerr=[[interval["mean"] - interval["low"]], [interval["high"] - interval["mean"]]])
+        ax.axhline(1 / CLASSES, color="grey", ls=":", lw=1, label="chance")
+        ax.axhline(entry["classifier"]["test_accuracy"], color="grey", ls="--", lw=1, label="real test images")
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("classifier accuracy on samples")
+        ax.set_title(f"{name}: does the class get through?")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="upper right")
         previews = np.stack([np.asarray(next(r for r in runs if r["arm"] == arm)["preview"], dtype=np.uint8)
                              for arm in arms])
         count, _, h, w = previews.shape[1:]
-        row[1].imshow(make_grid(previews.reshape(-1, *previews.shape[2:]), columns=count), interpolation="nearest")
-        row[1].set_xticks([(k + 0.5) * w - 0.5 for k in range(count)], [str(k) for k in range(count)])
-        row[1].set_yticks([(k + 0.5) * h - 0.5 for k in range(len(arms))], arms)
-        row[1].set_xlabel("class (sampling seed = class)")
-        row[1].set_title(f"{name}: samples of each arm's first seed")
+        sx.imshow(make_grid(previews.reshape(-1, *previews.shape[2:]), columns=count), interpolation="nearest")
+        sx.set_xticks([(k + 0.5) * w - 0.5 for k in range(count)], [str(k) for k in range(count)])
+        sx.set_yticks([(k + 0.5) * h - 0.5 for k in range(len(arms))], arms)
+        sx.set_xlabel("class (sampling seed = class)")
+        sx.set_title(f"{name}: samples of each arm's first seed")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
