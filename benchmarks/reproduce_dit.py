@@ -71,7 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "network": {"hidden_size": 32, "depth": 2, "num_heads": 2}, "snapshots": 2, "curve_images": 64,
               "eval_images": 128, "cfd_num": 40, "classifier_epochs": 1, "classifier_images": 2000,
               "sampler": "ddim", "sample_steps": 10, "seeds": "0,1", "device": "cpu"},
-    # About 1 h 45 min on one CPU core with OMP_NUM_THREADS=1 (24 runs: 2 data sets x 4 arms x 3 seeds).
+    # About 1 h 50 min on one CPU core with OMP_NUM_THREADS=1 (24 runs: 2 data sets x 4 arms x 3 seeds).
     "cpu": {"batch": 64, "steps": 750, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 2,
             "network": {"hidden_size": 64, "depth": 4, "num_heads": 4}, "snapshots": 3, "curve_images": 128,
             "eval_images": 1000, "cfd_num": 500, "classifier_epochs": 3, "classifier_images": 50000,

@@ -24,7 +24,7 @@ and per σ, fixed noise), the classifier Fréchet distance (CFD) of ``reproduce_
 ``continued`` run of the same seed; plus each arm's compute (steps x batch, wall time, trained parameters).
 
     python benchmarks/reproduce_dropin.py --profile smoke --train cifar10-jpeg-train.zip --test cifar10-jpeg-test.zip
-    OMP_NUM_THREADS=1 python benchmarks/reproduce_dropin.py --profile cpu --train ... --test ...   # about 2 h
+    OMP_NUM_THREADS=1 python benchmarks/reproduce_dropin.py --profile cpu --train ... --test ...   # 2 h 20 min
     python benchmarks/reproduce_dropin.py --profile gpu --train ... --test ... --inception inception-2015-12-05.pt
 
 Everything is cached in --out: a rerun continues an interrupted study (runs resume), and --seeds adds seeds.
@@ -60,7 +60,7 @@ ARMS = {  # name: (--cond, --finetune)
 REFERENCE = "continued"
 _NETWORK_CPU = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_resolutions": [8]}
 PROFILES: dict[str, dict[str, Any]] = {
-    # About 2 hours on one core of a 2-core CPU: 4,000 pretraining steps (256 kimg), then 3 arms x 3 seeds x 1,000.
+    # About 2 h 20 min on one core of a 2-core CPU: 4,000 pretraining steps (256 kimg), then 3 arms x 3 seeds x 1,000.
     "cpu": {"resolution": 16, "batch": 64, "pretrain_steps": 4000, "steps": 1000, "lr": 1e-3, "lr_rampup_kimg": 10,
             "ema_halflife_kimg": 5, "network": _NETWORK_CPU, "snapshots": 4, "curve_images": 128,
             "eval_images": 1000, "cfd_num": 500, "classifier_epochs": 3, "device": "cpu", "compile": False},
