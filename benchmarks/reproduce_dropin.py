@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
-                      figure_folders, finished, format_interval, get_classifier, prepare_data, publish, recipe_toml,
-                      speed, summarise_arms, train)
+from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, draw_paired, draw_per_sigma,  # noqa: E402
+                      evaluate_run, fid_setup, figure_folders, finished, format_interval, get_classifier,
+                      prepare_data, publish, recipe_toml, speed, summarise_arms, train)
 
 import loracli  # noqa: E402
 from loracli.diffusion.evaluate import sigma_grid  # noqa: E402
@@ -118,39 +118,13 @@ def plot(summary: dict, path: Path, title: str) -> Path:
     vs = f"vs_{REFERENCE}"
     arms = [a for a in summary if a != REFERENCE]
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(14, 4.2))
-    for k, arm in enumerate(arms):
-        for axis, key, scale in ((ax, "held_out", 100), (cx, "cfd", 1)):
-            entry = summary[arm][vs].get(key)
-            if entry is None:
-                continue
-            axis.scatter([k] * entry["n"], scale * np.asarray(entry["values"]), color=COLOURS[arm], alpha=0.5,
-                         marker=MARKERS[arm], s=18)
-            if "low" in entry:
-                below, above = scale * (entry["mean"] - entry["low"]), scale * (entry["high"] - entry["mean"])
-                axis.errorbar([k + 0.15], [scale * entry["mean"]], yerr=[[below], [above]], color=COLOURS[arm],
-                              capsize=4, fmt="D")
-        per_sigma = summary[arm][vs].get("per_sigma")
-        if per_sigma:
-            sigmas = sigma_grid()
-            mean = 100 * np.asarray([e["mean"] for e in per_sigma])
-            bx.plot(sigmas, mean, marker=MARKERS[arm], color=COLOURS[arm], ms=4, label=arm)
-            if all("low" in e for e in per_sigma):
-                bx.fill_between(sigmas, [100 * e["low"] for e in per_sigma], [100 * e["high"] for e in per_sigma],
-                                color=COLOURS[arm], alpha=0.15)
-    for axis, label in ((ax, "held-out loss vs continued (%)"), (cx, "CFD vs continued")):
-        axis.axhline(0, color="grey", lw=0.8)
-        axis.set_xticks(range(len(arms)), arms)
-        axis.set_xlim(-0.5, max(len(arms), 1) - 0.5)
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3, axis="y")
+    draw_paired(ax, summary, arms, vs, "held_out", 100, COLOURS, MARKERS)
+    draw_paired(cx, summary, arms, vs, "cfd", 1, COLOURS, MARKERS)
+    ax.set_ylabel("held-out loss vs continued (%)")
+    cx.set_ylabel("CFD vs continued")
     ax.set_title("paired by seed: points; mean and 95 % CI: diamonds")
-    bx.axhline(0, color="grey", lw=0.8)
-    bx.set_xscale("log")
-    bx.set_xlabel("σ")
+    draw_per_sigma(bx, summary, arms, vs, sigma_grid(), COLOURS, MARKERS)
     bx.set_ylabel("held-out loss vs continued (%), mean and 95 % CI")
-    bx.grid(alpha=0.3)
-    if arms:
-        bx.legend()
     cx.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, evaluate_run, fid_setup,  # noqa: E402
-                      figure_folders, finished, format_interval, get_classifier, interleaved_step_times, prepare_data, recipe_toml,
-                      publish, speed, summarise_arms, train)
+from studylib import (HELD_OUT_SEED, SAMPLE_STEPS, SMOKE, add_study_args, draw_paired, draw_per_sigma,  # noqa: E402
+                      evaluate_run, fid_setup, figure_folders, finished, format_interval, get_classifier,
+                      interleaved_step_times, prepare_data, publish, recipe_toml, speed, summarise_arms, train)
 
 import loracli  # noqa: E402
 from loracli.diffusion.evaluate import sigma_grid  # noqa: E402
@@ -107,39 +107,36 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 COLOURS = {"baseline": "tab:blue", "with-lora": "tab:orange", "only-lora": "tab:green", "no-cond": "tab:red"}
+MARKERS = {"baseline": "o", "with-lora": "s", "only-lora": "^", "no-cond": "v"}
 
 
 def plot_curves(runs: list[dict[str, Any]], summary: dict, setting: dict[str, Any], path: Path) -> Path:
+    """Left: held-out loss of each snapshot (every run); middle: the final loss per σ against the baseline run of
+    the same seed (mean and 95 % band of the paired differences); right: the same in total (points: seeds,
+    diamond and bar: mean and 95 % interval). Linear y axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.4), gridspec_kw={"width_ratios": [1.2, 1.2, 0.8]})
     for arm in summary:
-        mine = [r for r in runs if r["arm"] == arm]
-        for k, r in enumerate(mine):
+        for k, r in enumerate(run for run in runs if run["arm"] == arm):
             steps = sorted(int(s) for s in r["curve"])
-            ax.plot(steps, [r["curve"][str(s)] for s in steps], "o-", color=COLOURS[arm], alpha=0.9 if k == 0 else 0.45,
-                    ms=3, label=arm if k == 0 else None)
-        base = np.mean([r["held_out"]["per_sigma"] for r in runs if r["arm"] == "baseline"], axis=0) \
-            if "baseline" in summary else None
-        if base is not None:
-            mean = np.mean([r["held_out"]["per_sigma"] for r in mine], axis=0)
-            bx.plot(sigma_grid(), mean / base, "o-", color=COLOURS[arm], ms=3, label=arm)
+            ax.plot(steps, [r["curve"][str(s)] for s in steps], marker=MARKERS[arm], color=COLOURS[arm], ms=3,
+                    alpha=0.9 if k == 0 else 0.4, label=arm if k == 0 else None)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"held-out EDM loss (mean over 16 σ, {setting['curve_images']} test images)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("held-out loss of the EMA network (faint: the other seeds)")
-    bx.set_xscale("log")
-    bx.axhline(1, color="grey", lw=0.8)
-    bx.set_xlabel("σ")
-    bx.set_ylabel("final held-out loss / baseline's (mean over seeds)")
-    bx.set_title("where the arms differ (final step)")
-    bx.grid(alpha=0.3, which="both")
-    bx.legend()
+    ax.set_title("EMA network at each snapshot (faint: the other seeds)")
+    arms = [a for a in summary if a != "baseline" and "vs_baseline" in summary[a]]
+    draw_per_sigma(bx, summary, arms, "vs_baseline", sigma_grid(), COLOURS, MARKERS)
+    bx.set_ylabel("final held-out loss vs baseline (%)")
+    bx.set_title("per σ, paired by seed: mean and 95 % band")
+    draw_paired(cx, summary, arms, "vs_baseline", "held_out", 100, COLOURS, MARKERS)
+    cx.set_ylabel("final held-out loss vs baseline (%)")
+    cx.set_title("total: seeds and mean with 95 % CI")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

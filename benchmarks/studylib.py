@@ -331,3 +331,45 @@ def paired_differences(entry: dict[str, Any], base: dict[str, Any]) -> dict[str,
         levels = range(len(pairs[0][0]))
         out["per_sigma"] = [paired_interval([float(v[k] / r[k] - 1) for v, r in pairs]) for k in levels]
     return out
+
+
+# -- figures -------------------------------------------------------------------------------------------------------
+def draw_paired(axis: Any, summary: dict[str, Any], arms: list[str], vs: str, key: str, scale: float,
+                colours: dict[str, str], markers: dict[str, str]) -> None:
+    """One column per arm: its paired differences ``summary[arm][vs][key]`` per seed (points) and their mean with
+    the 95 % interval (diamond and bar), times ``scale``; zero marked."""
+    for k, arm in enumerate(arms):
+        entry = summary[arm][vs].get(key)
+        if entry is None:
+            continue
+        axis.scatter([k] * entry["n"], scale * np.asarray(entry["values"]), color=colours[arm], alpha=0.5,
+                     marker=markers[arm], s=18)
+        if "low" in entry:
+            below, above = scale * (entry["mean"] - entry["low"]), scale * (entry["high"] - entry["mean"])
+            axis.errorbar([k + 0.15], [scale * entry["mean"]], yerr=[[below], [above]], color=colours[arm],
+                          capsize=4, fmt="D")
+    axis.axhline(0, color="grey", lw=0.8)
+    axis.set_xticks(range(len(arms)), arms)
+    axis.set_xlim(-0.5, max(len(arms), 1) - 0.5)
+    axis.grid(alpha=0.3, axis="y")
+
+
+def draw_per_sigma(axis: Any, summary: dict[str, Any], arms: list[str], vs: str, sigmas: np.ndarray,
+                   colours: dict[str, str], markers: dict[str, str]) -> None:
+    """Per arm, the held-out loss per σ relative to the reference run of the same seed (%): the mean of the paired
+    differences and, with two or more seeds, their 95 % band; σ on a log axis, zero marked."""
+    for arm in arms:
+        per_sigma = summary[arm][vs].get("per_sigma")
+        if not per_sigma:
+            continue
+        axis.plot(sigmas, [100 * e["mean"] for e in per_sigma], marker=markers[arm], color=colours[arm], ms=4,
+                  label=arm)
+        if all("low" in e for e in per_sigma):
+            axis.fill_between(sigmas, [100 * e["low"] for e in per_sigma], [100 * e["high"] for e in per_sigma],
+                              color=colours[arm], alpha=0.15)
+    axis.axhline(0, color="grey", lw=0.8)
+    axis.set_xscale("log")
+    axis.set_xlabel("σ")
+    axis.grid(alpha=0.3)
+    if arms:
+        axis.legend()
